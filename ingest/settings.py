@@ -1,0 +1,395 @@
+"""The one settings object: TOML file + environment, validated once, frozen.
+
+This is the only module that reads ``os.environ``. Settings say *where* (hosts, DSNs,
+credentials); what to do comes from the command line or Luigi parameters, and secrets never
+travel as either. Every credential may be given inline, as ``<name>_file`` (a path whose
+content is the secret) or through the matching ``INGEST_*`` / ``INGEST_*_FILE`` variable.
+
+A bad file fails with one :class:`~ingest.errors.ConfigError` line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ingest.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("ingest.toml")
+
+_KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_STREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+_INDEX_FORBIDDEN = set('\\/*?"<>| ,#:')
+_HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def check_topic_name(name: str) -> str:
+    """Kafka's rule: 1-249 of ``[A-Za-z0-9._-]``, and not ``.`` or ``..``."""
+    if name in {".", ".."} or not _KAFKA_TOPIC.match(name):
+        raise ValueError(
+            f"invalid Kafka topic name {name!r}: use 1-249 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def check_index_name(name: str) -> str:
+    """Elasticsearch's rule for index and alias names."""
+    problem = None
+    if not name or name in {".", ".."}:
+        problem = "must not be empty, '.' or '..'"
+    elif name != name.lower():
+        problem = "must be lowercase"
+    elif name[0] in "-_+":
+        problem = "must not start with '-', '_' or '+'"
+    elif _INDEX_FORBIDDEN & set(name):
+        problem = "must not contain spaces or any of \\ / * ? \" < > | , # :"
+    elif len(name.encode()) > 255:
+        problem = "must be at most 255 bytes"
+    if problem:
+        raise ValueError(f"invalid index/alias name {name!r}: {problem}")
+    return name
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret_file(path: str, key: str) -> SecretStr:
+    try:
+        return SecretStr(Path(path).read_text().strip())
+    except OSError as exc:
+        raise ValueError(f"cannot read {key} file {path!r}: {exc.strerror}") from None
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "ingest"
+    #: tansu's group join waits half of this; short on the embedded stack, raise in production.
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    #: eager ``range`` works on every broker; ``cooperative-sticky`` is fine on Apache Kafka.
+    assignment_strategy: str = "range"
+    #: Raw librdkafka properties (TLS, SASL, OAUTHBEARER ...), passed through untouched.
+    client: dict[str, str | int | bool] = Field(default_factory=dict)
+    #: Files holding raw librdkafka secret properties, e.g. {"sasl.password" = "/run/secret"}.
+    client_files: dict[str, str] = Field(default_factory=dict)
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties including secrets read from ``client_files``."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        conf.update(self.client)
+        for prop, path in self.client_files.items():
+            conf[prop] = _read_secret_file(path, f"kafka.client_files.{prop}").get_secret_value()
+        return conf
+
+
+class SearchSettings(_Frozen):
+    url: str = "http://127.0.0.1:9200"
+    #: ``auto`` asks ``GET /`` for ``version.distribution``.
+    kind: Literal["auto", "elasticsearch", "opensearch"] = "auto"
+    username: str | None = None
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    ca_file: Path | None = None
+    verify_certs: bool = True
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class LedgerSettings(_Frozen):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    schema_name: str = Field(default="ingest", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RegistrySettings(_Frozen):
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class IndexSettings(_Frozen):
+    """Per-stream overrides merged into the schema-derived index definition."""
+
+    shards: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=0)
+    refresh_interval: str = "1s"
+    settings: dict[str, Any] = Field(default_factory=dict)
+    #: Field path -> mapping fragment replacing the derived one, e.g. {"note" = {type="text"}}.
+    field_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class StreamSettings(_Frozen):
+    name: str
+    topic: str
+    subject: str
+    alias: str
+    #: Record field giving the document ``_id``; unset means the Kafka key.
+    id_field: str | None = None
+    #: Record field (long or timestamp) giving the external version; unset means the offset.
+    version_field: str | None = None
+    tombstones: Literal["delete", "ignore", "dead-letter"] = "delete"
+    #: Optional ``module:function`` receiving (document dict, RawRecord) and returning a dict.
+    transform: str | None = None
+    max_batch_records: int = Field(default=2000, ge=1)
+    max_batch_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    linger_s: float = Field(default=0.5, gt=0)
+    max_record_bytes: int = Field(default=1024 * 1024, ge=16)
+    dead_letter_topic: str | None = None
+    index: IndexSettings = Field(default_factory=IndexSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _STREAM_NAME.match(v):
+            raise ValueError(f"invalid stream name {v!r}: use lowercase letters, digits, _ or -")
+        return v
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        return check_topic_name(v)
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _dlt(cls, v: str | None) -> str | None:
+        return None if v is None else check_topic_name(v)
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        return check_index_name(v)
+
+    @field_validator("transform")
+    @classmethod
+    def _hook(cls, v: str | None) -> str | None:
+        if v is not None and not _HOOK.match(v):
+            raise ValueError(f"invalid transform hook {v!r}: expected 'package.module:function'")
+        return v
+
+
+class RuntimeSettings(_Frozen):
+    #: Total bytes buffered across partitions before fetching pauses.
+    max_buffered_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: Transient failures retried this long before the daemon exits non-zero.
+    max_retry_s: float = Field(default=300.0, gt=0)
+    #: How long a graceful shutdown may take before giving up on the flush.
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    summary_every_s: float = Field(default=15.0, gt=0)
+    #: How often a daemon looks in the ledger for an index version being built.
+    index_poll_s: float = Field(default=2.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+
+class Settings(_Frozen):
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    schema_registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    schemas_dir: Path = Path("schemas")
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    streams: tuple[StreamSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_streams(self) -> Settings:
+        seen: set[str] = set()
+        for s in self.streams:
+            if s.name in seen:
+                raise ValueError(f"stream {s.name!r} is defined twice")
+            seen.add(s.name)
+        return self
+
+    def stream(self, name: str) -> StreamSettings:
+        """The stream called ``name``; :class:`ConfigError` naming the known ones otherwise."""
+        for s in self.streams:
+            if s.name == name:
+                return s
+        known = ", ".join(s.name for s in self.streams) or "none"
+        raise ConfigError(f"unknown stream {name!r} (configured: {known})")
+
+    def secrets(self) -> list[str]:
+        """Every secret value in force, so log redaction and tests can look for them."""
+        found = [
+            s.get_secret_value()
+            for s in (
+                self.search.password,
+                self.search.api_key,
+                self.search.bearer_token,
+                self.schema_registry.password,
+            )
+            if s is not None and s.get_secret_value()
+        ]
+        dsn_password = dsn_secret(self.ledger.dsn.get_secret_value())
+        if dsn_password:
+            found.append(dsn_password)
+        client = self.kafka.client_config()
+        found += [str(v) for k, v in client.items() if is_secret_key(k) and v]
+        return found
+
+
+_SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential")
+
+
+def is_secret_key(key: str) -> bool:
+    """True for names such as ``sasl.password`` or ``api_key`` whose values are redacted."""
+    k = key.lower().replace("-", "_")
+    return any(word in k for word in _SECRET_WORDS)
+
+
+_DSN_PASSWORD = re.compile(r"(?P<pre>://[^:/@\s]+:)(?P<pw>[^@\s]+)(?=@)")
+_DSN_KV_PASSWORD = re.compile(r"(?P<pre>\bpassword\s*=\s*)(?P<pw>\S+)")
+
+
+def dsn_secret(dsn: str) -> str | None:
+    """The password inside a URL or key=value DSN, if any."""
+    m = _DSN_PASSWORD.search(dsn) or _DSN_KV_PASSWORD.search(dsn)
+    return m.group("pw") if m else None
+
+
+def redact_dsn(text: str) -> str:
+    """``text`` with any DSN password replaced by ``***``."""
+    text = _DSN_PASSWORD.sub(r"\g<pre>***", text)
+    return _DSN_KV_PASSWORD.sub(r"\g<pre>***", text)
+
+
+# Environment variable -> dotted settings key. ``*_FILE`` forms are derived.
+ENV_OVERRIDES: dict[str, str] = {
+    "INGEST_KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers",
+    "INGEST_KAFKA_GROUP_ID": "kafka.group_id",
+    "INGEST_KAFKA_SESSION_TIMEOUT_MS": "kafka.session_timeout_ms",
+    "INGEST_SEARCH_URL": "search.url",
+    "INGEST_SEARCH_KIND": "search.kind",
+    "INGEST_SEARCH_USERNAME": "search.username",
+    "INGEST_SEARCH_PASSWORD": "search.password",
+    "INGEST_SEARCH_API_KEY": "search.api_key",
+    "INGEST_SEARCH_BEARER_TOKEN": "search.bearer_token",
+    "INGEST_SEARCH_CA_FILE": "search.ca_file",
+    "INGEST_LEDGER_DSN": "ledger.dsn",
+    "INGEST_LEDGER_SCHEMA": "ledger.schema",
+    "INGEST_SCHEMA_REGISTRY_URL": "schema_registry.url",
+    "INGEST_SCHEMA_REGISTRY_USERNAME": "schema_registry.username",
+    "INGEST_SCHEMA_REGISTRY_PASSWORD": "schema_registry.password",
+    "INGEST_SCHEMAS_DIR": "schemas_dir",
+    "INGEST_MAX_RETRY_S": "runtime.max_retry_s",
+}
+
+#: Keys whose value may instead be given as ``<key>_file`` in TOML.
+_FILE_KEYS = {
+    ("search", "password"),
+    ("search", "api_key"),
+    ("search", "bearer_token"),
+    ("ledger", "dsn"),
+    ("schema_registry", "password"),
+}
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config error: {p}: expected a table")
+    node[leaf] = value
+
+
+def _resolve_file_keys(data: dict[str, Any]) -> None:
+    for section, key in _FILE_KEYS:
+        table = data.get(section)
+        if not isinstance(table, dict) or f"{key}_file" not in table:
+            continue
+        path = table.pop(f"{key}_file")
+        if not isinstance(path, str):
+            raise ConfigError(f"config error: {section}.{key}_file: expected a path string")
+        try:
+            table[key] = _read_secret_file(path, f"{section}.{key}").get_secret_value()
+        except ValueError as exc:
+            raise ConfigError(f"config error: {section}.{key}_file: {exc}") from None
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for var, dotted in ENV_OVERRIDES.items():
+        if var in env:
+            _set_dotted(data, dotted, env[var])
+        elif f"{var}_FILE" in env:
+            path = env[f"{var}_FILE"]
+            try:
+                _set_dotted(data, dotted, Path(path).read_text().strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"config error: {var}_FILE: cannot read {path!r}: {exc.strerror}"
+                ) from None
+
+
+def _format_loc(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            name = None
+            if isinstance(node, list | tuple) and item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    name = node["name"]
+            parts[-1] = f"{parts[-1]}[{name or item}]" if parts else f"[{item}]"
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def parse_settings(data: dict[str, Any], *, source: str = "<config>") -> Settings:
+    """Validate a raw mapping; the first problem becomes one ConfigError line."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _format_loc(tuple(err["loc"]), data) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(f"config error in {source}: {loc}: {msg}") from None
+
+
+def load_settings(
+    path: Path | str | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``path`` (default ``ingest.toml`` if present), apply environment overrides."""
+    env = os.environ if env is None else env
+    explicit = path is not None or "INGEST_CONFIG" in env
+    cfg_path = Path(path or env.get("INGEST_CONFIG") or DEFAULT_CONFIG_PATH)
+    data: dict[str, Any] = {}
+    if cfg_path.exists():
+        try:
+            data = tomllib.loads(cfg_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error in {cfg_path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config error: cannot read {cfg_path}: {exc.strerror}") from None
+    elif explicit:
+        raise ConfigError(f"config error: file {cfg_path} does not exist")
+    _resolve_file_keys(data)
+    _apply_env(data, env)
+    settings = parse_settings(data, source=str(cfg_path))
+    if not settings.schemas_dir.is_absolute() and cfg_path.exists():
+        base = cfg_path.resolve().parent
+        candidate = base / settings.schemas_dir
+        if candidate.exists():
+            settings = settings.model_copy(update={"schemas_dir": candidate})
+    return settings

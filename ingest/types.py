@@ -1,0 +1,54 @@
+"""Plain values that flow between pipeline steps.
+
+Offsets: ``offset`` is a record's own position; ``next_offset`` is the position to read next
+(what the ledger and Kafka store as committed). Written down once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: Where a record came from. Kafka records use ``topic``/``partition``/``offset``; archive
+#: files use ``source="file:<sha256>"`` with ``topic`` = path, ``partition`` = 0 and
+#: ``offset`` = the record's index inside the file.
+Origin = Literal["kafka", "file"]
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """One record as read from its source, bytes untouched."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    source: str = "kafka"
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.value or b"") + len(self.key or b"")
+
+
+@dataclass(slots=True)
+class IndexAction:
+    """One bulk item: index ``body`` (JSON bytes) or delete, with an external version."""
+
+    op: Literal["index", "delete"]
+    doc_id: str
+    version: int
+    body: bytes | None
+    record: RawRecord
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record that can not be ingested, with the stage that refused it and why."""
+
+    record: RawRecord
+    stage: str
+    reason: str
+    stream: str
