@@ -1,0 +1,238 @@
+"""Session fixtures: one embedded stack (tansu, osmem, PostgreSQL) per test session.
+
+The stack starts lazily, the first time a test asks for it (unit tests never do), in a
+temporary directory, and stops at the end of the session. Everything per test is cheap:
+``unique`` names keep tests apart on the shared servers (topic, index alias, consumer
+group and ledger schema), so no test needs its own server.
+
+Set ``INGEST_LEDGER_DSN`` to run the ledger tests against an existing PostgreSQL.
+
+At session end a check fails the run if any child process of the test session is still
+alive (a daemon a test forgot to stop), after killing it so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # the package may not be installed into the venv
+    sys.path.insert(0, str(REPO_ROOT))
+
+from ingest.devstack import RunningStack, StackEndpoints, start_stack  # noqa: E402
+from ingest.settings import (  # noqa: E402
+    IndexSettings,
+    KafkaSettings,
+    LedgerSettings,
+    RuntimeSettings,
+    SearchSettings,
+    Settings,
+    StreamSettings,
+)
+
+SCHEMAS_DIR = REPO_ROOT / "schemas"
+TOPIC_TIMEOUT_S = 15.0
+
+
+@pytest.fixture(scope="session")
+def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """The one :class:`RunningStack` of this session (use ``stack`` for just endpoints)."""
+    workdir = tmp_path_factory.mktemp("stack")
+    stack = start_stack(workdir, postgres_dsn=os.environ.get("INGEST_LEDGER_DSN") or None)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(running_stack: RunningStack) -> StackEndpoints:
+    """Endpoints of the session's embedded stack: kafka_bootstrap, search_url, ledger_dsn."""
+    return running_stack.endpoints
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack: StackEndpoints) -> str:
+    """``127.0.0.1:PORT`` of the session's tansu broker."""
+    return stack.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def search_url(stack: StackEndpoints) -> str:
+    """``http://127.0.0.1:PORT`` of the session's osmem search server."""
+    return stack.search_url
+
+
+@pytest.fixture(scope="session")
+def ledger_dsn(stack: StackEndpoints) -> str:
+    """DSN of the session's PostgreSQL (trust auth; any password is accepted)."""
+    return stack.ledger_dsn
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh lowercase name such as ``t3f9a2c1b``: valid topic, index and PG schema name."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> Any:
+    """A session-wide confluent_kafka AdminClient on the stack's broker."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+def _create_topic(admin: Any, name: str, partitions: int) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+        operation_timeout=TOPIC_TIMEOUT_S,
+        request_timeout=TOPIC_TIMEOUT_S,
+    )
+    try:
+        futures[name].result(timeout=TOPIC_TIMEOUT_S)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+    deadline = time.monotonic() + TOPIC_TIMEOUT_S
+    while True:
+        meta = admin.list_topics(topic=name, timeout=TOPIC_TIMEOUT_S).topics.get(name)
+        if meta is not None and meta.error is None and len(meta.partitions) >= partitions:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {name!r} not visible in metadata after {TOPIC_TIMEOUT_S} s")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def create_topic(kafka_admin: Any) -> Callable[..., str]:
+    """Factory ``create_topic(name, partitions=1) -> name``.
+
+    Creates the topic on the stack's broker (an existing one is fine) and returns once
+    metadata shows all its partitions, so producers and consumers see it immediately.
+    """
+
+    def create(name: str, partitions: int = 1) -> str:
+        _create_topic(kafka_admin, name, partitions)
+        return name
+
+    return create
+
+
+@pytest.fixture
+def make_settings(stack: StackEndpoints, unique: str, kafka_admin: Any) -> Callable[..., Settings]:
+    """Factory building :class:`Settings` pointed at the session stack, unique per test.
+
+    ``make_settings(*, partitions=1, kafka=None, search=None, ledger=None, runtime=None,
+    **stream) -> Settings``
+
+    - One ``orders``-like stream named ``orders``: subject ``orders``, id_field ``order_id``,
+      version_field ``updated_at``, index replicas 0; its topic, alias, consumer group and
+      ledger schema are all the test's ``unique`` name, so calling the factory twice in
+      one test (e.g. to "restart") yields the same names.
+    - ``partitions``: create the topic with that many partitions first (``None`` skips).
+    - ``kafka`` / ``search`` / ``ledger`` / ``runtime``: dicts of field overrides for those
+      sections (e.g. ``search={"url": proxy.url}``, ``runtime={"max_retry_s": 5}``).
+    - Any other keyword overrides a :class:`StreamSettings` field (``topic=``, ``alias=``,
+      ``version_field=None``, ``dead_letter_topic=``, ``index={"shards": 2}`` ...).
+
+    Kafka uses ``session_timeout_ms=6000`` and the eager ``range`` strategy (tansu
+    joins groups after half the session timeout and stalls cooperative joins).
+    """
+
+    def make(
+        *,
+        partitions: int | None = 1,
+        kafka: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
+        ledger: dict[str, Any] | None = None,
+        runtime: dict[str, Any] | None = None,
+        **stream: Any,
+    ) -> Settings:
+        stream_fields: dict[str, Any] = {
+            "name": "orders",
+            "topic": unique,
+            "subject": "orders",
+            "alias": unique,
+            "id_field": "order_id",
+            "version_field": "updated_at",
+            "index": {"shards": 1, "replicas": 0},
+        }
+        stream_fields.update(stream)
+        if isinstance(stream_fields["index"], dict):
+            stream_fields["index"] = IndexSettings(**stream_fields["index"])
+        kafka_fields: dict[str, Any] = {
+            "bootstrap_servers": stack.kafka_bootstrap,
+            "group_id": unique,
+            "session_timeout_ms": 6000,
+            "assignment_strategy": "range",
+        }
+        kafka_fields.update(kafka or {})
+        search_fields: dict[str, Any] = {"url": stack.search_url, "request_timeout_s": 10.0}
+        search_fields.update(search or {})
+        ledger_fields: dict[str, Any] = {"dsn": stack.ledger_dsn, "schema": unique}
+        ledger_fields.update(ledger or {})
+        settings = Settings(
+            kafka=KafkaSettings(**kafka_fields),
+            search=SearchSettings(**search_fields),
+            ledger=LedgerSettings(**ledger_fields),
+            schemas_dir=SCHEMAS_DIR,
+            runtime=RuntimeSettings(**(runtime or {})),
+            streams=(StreamSettings(**stream_fields),),
+        )
+        if partitions is not None:
+            _create_topic(kafka_admin, settings.streams[0].topic, partitions)
+        return settings
+
+    return make
+
+
+# --------------------------------------------------------------------------- leak check
+
+
+def _leftover_children() -> list[Any]:
+    import psutil
+
+    left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                left.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a child process outlived the tests; kill it so nothing leaks."""
+    import psutil
+
+    left = _leftover_children()
+    if not left:
+        return
+    described = []
+    for proc in left:
+        try:
+            described.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(left, timeout=5)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = "child processes survived the test session (killed now):\n  " + "\n  ".join(described)
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    else:
+        print(message, file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
