@@ -56,7 +56,7 @@ def check_index_name(name: str) -> str:
     elif name[0] in "-_+":
         problem = "must not start with '-', '_' or '+'"
     elif _INDEX_FORBIDDEN & set(name):
-        problem = "must not contain spaces or any of \\ / * ? \" < > | , # :"
+        problem = 'must not contain spaces or any of \\ / * ? " < > | , # :'
     elif len(name.encode()) > 255:
         problem = "must be at most 255 bytes"
     if problem:

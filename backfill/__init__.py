@@ -1,0 +1,1 @@
+"""Luigi backfills and reindexing over the ingest pipeline."""

@@ -1,0 +1,1 @@
+"""Kafka -> Avro -> Elasticsearch/OpenSearch streaming ingester with a PostgreSQL ledger."""

@@ -1,0 +1,1 @@
+"""Subcommands of the ``ingest`` CLI that live in modules of their own."""

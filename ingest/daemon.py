@@ -1,0 +1,403 @@
+"""The long-running consumer daemon (``ingest run``): one worker thread per stream.
+
+Each worker is a consumer-group member for its stream's topic. Scale-out is the group's
+job: start more processes, on more machines, with the same group id.
+
+The loop per worker::
+
+    poll (bounded by the linger time left) -> process into the batch -> flush when due
+    flush = sink write -> ledger transaction (offsets fenced by generation, dead letters,
+            counters) -> Kafka commit (for lag tools)
+
+On assignment the worker claims the partitions in the ledger (bumping their generation) and
+seeks to the ledger's offsets. On revocation it flushes and commits before giving the
+partitions up; on loss it drops what it buffered for them. A FencedError (another process
+owns a partition now) drops the buffer and rejoins the group. While the sink retries, the
+loop does not poll, so nothing new is buffered; librdkafka's prefetch queue is bounded by
+configuration. Transient failures past ``max_retry_s`` end the process non-zero with nothing
+committed, for a supervisor to restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from ingest.batch import Batch, FlushPolicy
+from ingest.catalog import SchemaCatalog
+from ingest.codec import AvroCodec
+from ingest.errors import FatalError, FencedError, IngestError
+from ingest.health import Health
+from ingest.indices import IndexRouter, ensure_live_index
+from ingest.ledger import OffsetCommit, PostgresLedger
+from ingest.metrics import Metrics
+from ingest.pipeline import BatchWriter, FlushOutcome, RecordProcessor
+from ingest.retry import RetryEvent
+from ingest.search import SearchClient, connect_search
+from ingest.settings import Settings, StreamSettings
+from ingest.sink import BulkSink
+from ingest.source import KafkaSource, consumer_config
+from ingest.transform import Transformer
+
+log = structlog.get_logger(__name__)
+
+
+def group_id_for(settings: Settings, stream: StreamSettings) -> str:
+    """One consumer group per stream, so streams rebalance independently."""
+    return f"{settings.kafka.group_id}.{stream.name}"
+
+
+@dataclass
+class Totals:
+    """Cumulative counters of one worker, mirrored into its ledger run row."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, outcome: FlushOutcome) -> None:
+        self.counts.update(outcome.counters())
+
+
+class StreamWorker:
+    """Consumes one stream until ``stop`` is set; see the module docstring for the loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stream: StreamSettings,
+        *,
+        catalog: SchemaCatalog,
+        ledger: PostgresLedger,
+        search: SearchClient,
+        stop: threading.Event,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.group = group_id_for(settings, stream)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{stream.name}"
+        self._ledger = ledger
+        self._search = search
+        self._stop = stop
+        self._metrics = metrics
+        self._health = health
+        self._policy = FlushPolicy(
+            max_records=stream.max_batch_records,
+            max_bytes=min(stream.max_batch_bytes, settings.runtime.max_buffered_bytes),
+            linger_s=stream.linger_s,
+        )
+        codec = AvroCodec(catalog, stream.subject, registry_url=settings.schema_registry.url)
+        self._processor = RecordProcessor(stream, codec, Transformer(stream))
+        self._sink = BulkSink(
+            search, max_retry_s=settings.runtime.max_retry_s, on_retry=self._on_retry
+        )
+        self._router = IndexRouter(stream, ledger)
+        self._catalog = catalog
+        self._writer = BatchWriter(stream, self._sink, ledger)
+        self._batch = Batch()
+        self._generations: dict[int, int] = {}
+        self._source: KafkaSource | None = None
+        self.totals = Totals()
+        self.run_id: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Blocks until stop is set (then flushes and leaves the group) or a fatal error."""
+        ensure_live_index(self._search, self._ledger, self.stream, self._catalog)
+        self.run_id = self._ledger.start_run(
+            "stream",
+            self.stream.name,
+            {"group": self.group, "topic": self.stream.topic, "owner": self.owner},
+        )
+        self._writer.run_id = self.run_id
+        log.info("stream_started", stream=self.stream.name, group=self.group, run_id=self.run_id)
+        status, error = "failed", None
+        try:
+            self._loop()
+            status = "stopped"
+        except IngestError as exc:
+            error = str(exc)
+            raise
+        finally:
+            self._ledger.finish_run(self.run_id, status, error=error)
+
+    def _new_source(self) -> KafkaSource:
+        conf = consumer_config(self.settings, self.group, **{"client.id": self.owner})
+        source = KafkaSource(
+            conf,
+            self.stream.topic,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        source.start()
+        return source
+
+    def _loop(self) -> None:
+        self._source = self._new_source()
+        clean = False
+        last_beat = last_summary = last_route = time.monotonic()
+        self._router.refresh()
+        rt = self.settings.runtime
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if self._health:
+                    self._health.beat(now)
+                timeout = min(1.0, max(0.05, self._batch.time_left_s(self._policy, now)))
+                room = self._policy.max_records - self._batch.records
+                try:
+                    records = self._source.poll(room, timeout)
+                    now = time.monotonic()
+                    if records:
+                        self._processor.process(records, self._batch, now)
+                        if self._metrics:
+                            self._metrics.consumed(self.stream.name, len(records))
+                            self._metrics.buffered(self.stream.name, self._batch.size_bytes)
+                    if self._batch.is_due(self._policy, now):
+                        self._flush()
+                except FencedError as exc:
+                    self._rejoin(exc)
+                if now - last_route >= rt.index_poll_s:
+                    self._router.refresh()
+                    last_route = now
+                if now - last_beat >= rt.heartbeat_s:
+                    self._heartbeat()
+                    last_beat = now
+                if now - last_summary >= rt.summary_every_s:
+                    self._summary(now - last_summary)
+                    last_summary = now
+            self._flush()
+            clean = True
+        finally:
+            # After a failure, leave without flushing again: the buffer stays uncommitted.
+            source, self._source = self._source, None
+            if not clean:
+                self._batch = Batch()
+            if source is not None:
+                source.close()
+        log.info("stream_stopped", stream=self.stream.name, **dict(self.totals.counts))
+
+    def _rejoin(self, exc: FencedError) -> None:
+        """Another process owns our partitions now: drop the buffer, leave, join again."""
+        log.warning("partition_fenced", stream=self.stream.name, error=str(exc))
+        self._batch = Batch()
+        self._generations.clear()
+        source, self._source = self._source, None
+        if source is not None:
+            source.close()
+        self._source = self._new_source()
+
+    # -- rebalance callbacks (run inside poll, on this thread) -------------------------------
+
+    def _on_assign(self, partitions: list[int]) -> Mapping[int, int | None]:
+        claims = self._ledger.claim_partitions(
+            self.group, self.stream.topic, partitions, self.owner
+        )
+        positions: dict[int, int | None] = {}
+        for p, claim in claims.items():
+            self._generations[p] = claim.generation
+            positions[p] = claim.next_offset
+        return positions
+
+    def _on_revoke(self, partitions: list[int]) -> None:
+        if self._source is not None:
+            try:
+                self._flush()
+            except FencedError as exc:
+                log.warning("flush_on_revoke_fenced", error=str(exc))
+                self._batch = Batch()
+        for p in partitions:
+            self._generations.pop(p, None)
+
+    def _on_lost(self, partitions: list[int]) -> None:
+        self._batch.drop_partitions({(self.stream.topic, p) for p in partitions})
+        for p in partitions:
+            self._generations.pop(p, None)
+
+    # -- flushing -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if batch.is_empty():
+            return
+        next_offsets = {p: o for (_t, p), o in batch.next_offsets().items()}
+        missing = [p for p in next_offsets if p not in self._generations]
+        if missing:
+            raise FencedError(f"{self.stream.topic} partitions {missing} are no longer ours")
+        offsets = [
+            OffsetCommit(self.group, self.stream.topic, p, self._generations[p], o)
+            for p, o in next_offsets.items()
+        ]
+        targets = self._router.targets()
+        self._batch = Batch()
+        try:
+            outcome = self._writer.flush(batch, targets, offsets)
+        except FencedError:
+            raise
+        except BaseException:
+            self._batch = batch  # keep it: a graceful stop must not lose it silently
+            raise
+        self._router.note_flush(batch.first_offsets)
+        if self._source is not None:
+            self._source.commit(next_offsets)
+        self.totals.add(outcome)
+        if self._health:
+            self._health.flushed()
+        if self._metrics:
+            self._metrics.flushed(
+                self.stream.name,
+                indexed=outcome.indexed,
+                deleted=outcome.deleted,
+                conflicts=outcome.conflicts,
+                dead=dict(outcome.dead_letters),
+                batch_records=outcome.records,
+                took_s=outcome.took_s,
+            )
+            self._metrics.buffered(self.stream.name, 0)
+        log.debug(
+            "batch_flushed",
+            stream=self.stream.name,
+            records=outcome.records,
+            indexed=outcome.indexed,
+            dead=sum(outcome.dead_letters.values()),
+            took_s=round(outcome.took_s, 4),
+        )
+
+    def _on_retry(self, event: RetryEvent) -> None:
+        if self._health:
+            self._health.retry_started(event.started_at)
+        if self._metrics:
+            self._metrics.retry(self.stream.name)
+        log.warning(
+            "sink_retry",
+            stream=self.stream.name,
+            attempt=event.attempt,
+            error=str(event.error),
+            wait_s=round(event.wait_s, 3),
+            elapsed_s=round(event.elapsed_s, 3),
+        )
+
+    # -- observability --------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        assert self.run_id is not None
+        counters: dict[str, int] = dict(self.totals.counts)
+        if self._router.dual_write_version is not None:
+            counters["dual_write_version"] = self._router.dual_write_version
+        self._ledger.heartbeat(self.run_id, counters)
+        if self._metrics and self._source is not None:
+            for p, lag in self._source.lag().items():
+                self._metrics.lag(self.stream.name, p, lag)
+
+    def _summary(self, elapsed_s: float) -> None:
+        lag = self._source.lag() if self._source is not None else {}
+        log.info(
+            "stream_progress",
+            stream=self.stream.name,
+            partitions=sorted(self._generations),
+            lag=sum(lag.values()),
+            **dict(self.totals.counts),
+        )
+
+
+class Daemon:
+    """Runs one :class:`StreamWorker` thread per stream and handles signals."""
+
+    def __init__(self, settings: Settings, streams: Sequence[StreamSettings]) -> None:
+        self.settings = settings
+        self.streams = list(streams)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.metrics = Metrics()
+        self.health = Health()
+
+    def _handle_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        self.stop.set()
+
+    def run(self) -> int:
+        """Exit code: 0 after a clean stop, 1 after a fatal error."""
+        signal.signal(signal.SIGTERM, self._handle_signal)
+        signal.signal(signal.SIGINT, self._handle_signal)
+        catalog = SchemaCatalog.load(self.settings.schemas_dir)
+        for s in self.streams:
+            catalog.latest(s.subject)
+        ledger = PostgresLedger.from_settings(self.settings.ledger)
+        ledger.migrate()
+        search = connect_search(self.settings.search)
+        self.health.set_connected(True)
+        server = None
+        if self.settings.runtime.metrics_port is not None:
+            from ingest.health import serve
+
+            server = serve(
+                self.settings.runtime.metrics_port,
+                self.metrics,
+                self.health,
+                max_retry_stuck_s=min(60.0, self.settings.runtime.max_retry_s / 2),
+            )
+            log.info("metrics_listening", port=server.port)
+        threads = [
+            threading.Thread(
+                target=self._run_worker,
+                args=(s, catalog, ledger, search),
+                name=f"stream-{s.name}",
+                daemon=True,
+            )
+            for s in self.streams
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads) and not self.stop.is_set():
+                time.sleep(0.2)
+            self.stop.set()
+            self.health.shutting_down()
+            deadline = time.monotonic() + self.settings.runtime.shutdown_timeout_s
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if any(t.is_alive() for t in threads):
+                log.error("shutdown_timed_out", timeout_s=self.settings.runtime.shutdown_timeout_s)
+                return 1
+        finally:
+            if server is not None:
+                server.close()
+            search.close()
+            ledger.close()
+        return 1 if self.errors else 0
+
+    def _run_worker(
+        self, stream: StreamSettings, catalog: SchemaCatalog, ledger: PostgresLedger, search: Any
+    ) -> None:
+        worker = StreamWorker(
+            self.settings,
+            stream,
+            catalog=catalog,
+            ledger=ledger,
+            search=search,
+            stop=self.stop,
+            metrics=self.metrics,
+            health=self.health,
+        )
+        try:
+            worker.run()
+        except FatalError as exc:
+            log.error("stream_failed", stream=stream.name, error=str(exc))
+            self.errors.append(exc)
+            self.stop.set()
+        except Exception as exc:
+            log.exception("stream_crashed", stream=stream.name, error=str(exc))
+            self.errors.append(exc)
+            self.stop.set()

@@ -1,0 +1,187 @@
+"""The one code path from raw records to the index, shared by the daemon and the backfills.
+
+``RecordProcessor`` turns raw records into bulk actions or dead letters (decode + validate ->
+transform), appending to a :class:`~ingest.batch.Batch`. ``BatchWriter`` flushes a batch in
+the one order that makes every write idempotent::
+
+    1. sink write      bulk-index the actions (409 = already applied; 400 = dead letter)
+    2. ledger commit   ONE PostgreSQL transaction: next offsets (fenced by generation)
+                       + dead letters + run counters
+    3. Kafka commit    by the caller, for lag tooling only; the ledger is the truth
+
+A crash before 2 replays the batch: external versions make the re-sent documents no-ops and
+dead letters are unique per record, so the index and the dead-letter store converge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ingest.batch import Batch, newest_per_document
+from ingest.errors import OversizeError, RecordError, TombstoneError
+from ingest.settings import StreamSettings
+from ingest.transform import Transformer
+from ingest.types import DeadLetter, IndexAction, RawRecord
+
+
+class Decoder(Protocol):
+    def decode_batch(self, values: Sequence[bytes]) -> list[dict[str, Any] | RecordError]: ...
+
+
+class Sink(Protocol):
+    def write(self, actions: Sequence[IndexAction], targets: Sequence[str]) -> Any:
+        """Bulk-write; the result has indexed, deleted, conflicts, rejected, retries."""
+        ...
+
+
+class LedgerCommitter(Protocol):
+    def commit(
+        self,
+        offsets: Sequence[Any],
+        dead_letters: Sequence[DeadLetter],
+        run_id: int | None = None,
+        counters: Mapping[str, int] | None = None,
+    ) -> None: ...
+
+
+DeadLetterPublisher = Callable[[Sequence[DeadLetter]], None]
+
+
+class RecordProcessor:
+    """Decode, validate and transform records of one stream into a batch."""
+
+    def __init__(self, stream: StreamSettings, decoder: Decoder, transformer: Transformer) -> None:
+        self.stream = stream
+        self._decoder = decoder
+        self._transformer = transformer
+        self._max_record_bytes = stream.max_record_bytes
+
+    def process(self, records: Sequence[RawRecord], batch: Batch, now: float) -> None:
+        """Append an action or a dead letter for every record; never raises for bad records."""
+        pending: list[RawRecord] = []
+        for record in records:
+            batch.note(record, now)
+            if record.value is None:
+                self._tombstone(record, batch)
+            elif record.size_bytes > self._max_record_bytes:
+                self._dead(
+                    batch,
+                    record,
+                    OversizeError(
+                        "record is over the stream's size limit",
+                        detail={"bytes": record.size_bytes, "limit": self._max_record_bytes},
+                    ),
+                )
+            else:
+                pending.append(record)
+        if not pending:
+            return
+        decoded = self._decoder.decode_batch([r.value or b"" for r in pending])
+        to_action = self._transformer.to_action
+        for record, doc in zip(pending, decoded, strict=True):
+            if isinstance(doc, RecordError):
+                self._dead(batch, record, doc)
+                continue
+            try:
+                action = to_action(doc, record)
+            except RecordError as exc:
+                self._dead(batch, record, exc)
+                continue
+            if action is None:
+                batch.filtered += 1
+            else:
+                batch.add_action(action)
+
+    def _tombstone(self, record: RawRecord, batch: Batch) -> None:
+        mode = self.stream.tombstones
+        if mode == "ignore":
+            batch.filtered += 1
+        elif mode == "dead-letter":
+            self._dead(batch, record, TombstoneError("null value (tombstone) on this stream"))
+        else:
+            try:
+                batch.add_action(self._transformer.tombstone(record))
+            except RecordError as exc:
+                self._dead(batch, record, exc)
+
+    def _dead(self, batch: Batch, record: RawRecord, error: RecordError) -> None:
+        batch.add_dead_letter(DeadLetter(record, error.stage, str(error), self.stream.name))
+
+
+@dataclass(slots=True)
+class FlushOutcome:
+    """What one flush did, for counters, metrics and logs."""
+
+    records: int = 0
+    indexed: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+    filtered: int = 0
+    retries: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    took_s: float = 0.0
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "consumed": self.records,
+            "indexed": self.indexed,
+            "deleted": self.deleted,
+            "conflicts": self.conflicts,
+            "filtered": self.filtered,
+            "retried": self.retries,
+            "dead_lettered": sum(self.dead_letters.values()),
+        }
+
+
+class BatchWriter:
+    """Flushes batches: sink write, then one ledger transaction (see module docstring)."""
+
+    def __init__(
+        self,
+        stream: StreamSettings,
+        sink: Sink,
+        ledger: LedgerCommitter,
+        *,
+        run_id: int | None = None,
+        publish_dead_letters: DeadLetterPublisher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self._sink = sink
+        self._ledger = ledger
+        self.run_id = run_id
+        self._publish = publish_dead_letters
+        self._clock = clock
+
+    def flush(
+        self, batch: Batch, targets: Sequence[str], offsets: Sequence[Any] = ()
+    ) -> FlushOutcome:
+        """Write ``batch`` to ``targets`` and commit ``offsets`` with its dead letters.
+
+        Blocks through the sink's retries; raises RetriesExhausted (nothing committed) when
+        they run out and FencedError when another process owns a partition now.
+        """
+        started = self._clock()
+        outcome = FlushOutcome(records=batch.records, filtered=batch.filtered)
+        dead = list(batch.dead_letters)
+        actions = newest_per_document(batch.actions)
+        if actions:
+            result = self._sink.write(actions, targets)
+            outcome.indexed = result.indexed
+            outcome.deleted = result.deleted
+            outcome.conflicts = result.conflicts + (len(batch.actions) - len(actions))
+            outcome.retries = result.retries
+            dead += [
+                DeadLetter(action.record, "index", f"index: {reason}", self.stream.name)
+                for action, reason in result.rejected
+            ]
+        outcome.dead_letters.update(d.stage for d in dead)
+        if dead and self._publish is not None:
+            self._publish(dead)
+        self._ledger.commit(offsets, dead, self.run_id, outcome.counters())
+        outcome.took_s = self._clock() - started
+        return outcome

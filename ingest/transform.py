@@ -1,0 +1,152 @@
+"""Avro record -> search document: id, external version and JSON body.
+
+The decoded record (fastavro gives ``datetime`` for timestamps, ``Decimal`` for decimals, ``str``
+for enums, dicts for nested records) becomes a JSON document: timestamps as ISO-8601 UTC
+strings, dates as ``YYYY-MM-DD``, decimals as JSON numbers. An optional user hook
+``module:function`` may reshape the document; returning ``None`` filters the record out.
+
+The ``_id`` is the configured record field, else the Kafka key; the external version is the
+configured field (timestamps in epoch milliseconds), else the Kafka offset — so replays and
+out-of-order writes never overwrite newer data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from ingest.errors import ConfigError, TransformError
+from ingest.settings import StreamSettings
+from ingest.types import IndexAction, RawRecord
+
+UserHook = Callable[[dict[str, Any], RawRecord], dict[str, Any] | None]
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
+_DUMPS_OPTS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot render {type(value).__name__} as JSON")
+
+
+def load_hook(spec: str) -> UserHook:
+    """Import ``package.module:function``; a ConfigError naming the spec if it is not there."""
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"transform hook {spec!r}: cannot import {module_name}: {exc}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ConfigError(
+            f"transform hook {spec!r}: {func_name} is not a function in {module_name}"
+        )
+    hook: UserHook = func
+    return hook
+
+
+def to_version(value: Any) -> int:
+    """External version from a record value: ints as is, timestamps as epoch milliseconds."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a version")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return int((value - _EPOCH) // _MS)
+    if isinstance(value, dt.date):
+        return (value - dt.date(1970, 1, 1)).days
+    raise TypeError(f"a {type(value).__name__} is not a version")
+
+
+class Transformer:
+    """Turns decoded records of one stream into bulk actions."""
+
+    def __init__(self, stream: StreamSettings, hook: UserHook | None = None) -> None:
+        self.stream = stream
+        self._id_field = stream.id_field
+        self._version_field = stream.version_field
+        self._hook = (
+            hook
+            if hook is not None
+            else (load_hook(stream.transform) if stream.transform else None)
+        )
+
+    def to_action(self, doc: dict[str, Any], record: RawRecord) -> IndexAction | None:
+        """The index action for ``doc``; ``None`` when the user hook filtered it out.
+
+        Raises TransformError naming the field when id or version cannot be derived.
+        """
+        doc_id = self._doc_id(doc, record)
+        version = self._version(doc, record)
+        if self._hook is not None:
+            try:
+                shaped = self._hook(doc, record)
+            except Exception as exc:
+                raise TransformError(
+                    f"transform hook raised {type(exc).__name__}: {exc}",
+                    detail={"hook": self.stream.transform},
+                ) from exc
+            if shaped is None:
+                return None
+            doc = shaped
+        try:
+            body = orjson.dumps(doc, default=_json_default, option=_DUMPS_OPTS)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise TransformError(f"document is not JSON-serializable: {exc}") from exc
+        return IndexAction("index", doc_id, version, body, record)
+
+    def tombstone(self, record: RawRecord) -> IndexAction:
+        """A delete for a null-valued record, keyed by the Kafka key, versioned by offset.
+
+        Tombstones carry no record fields, so the offset is their only version; on a stream
+        versioned by a record field the delete uses the broker timestamp in milliseconds,
+        which is comparable with timestamp-based versions.
+        """
+        if record.key is None:
+            raise TransformError("tombstone without a key cannot name a document")
+        try:
+            doc_id = record.key.decode()
+        except UnicodeDecodeError as exc:
+            raise TransformError("tombstone key is not UTF-8") from exc
+        version = record.offset if self._version_field is None else record.timestamp_ms
+        return IndexAction("delete", doc_id, version, None, record)
+
+    def _doc_id(self, doc: dict[str, Any], record: RawRecord) -> str:
+        if self._id_field is None:
+            if record.key is None:
+                raise TransformError("record has no key and the stream has no id_field")
+            try:
+                return record.key.decode()
+            except UnicodeDecodeError as exc:
+                raise TransformError("record key is not UTF-8") from exc
+        value = doc.get(self._id_field)
+        if value is None or value == "":
+            raise TransformError(
+                "document id field is missing or empty", detail={"field": self._id_field}
+            )
+        return str(value)
+
+    def _version(self, doc: dict[str, Any], record: RawRecord) -> int:
+        if self._version_field is None:
+            return record.offset
+        try:
+            return to_version(doc.get(self._version_field))
+        except TypeError as exc:
+            raise TransformError(
+                f"version field is unusable: {exc}", detail={"field": self._version_field}
+            ) from exc

@@ -1,0 +1,164 @@
+"""The shared pipeline with fakes at its seams: every record leaves into the index or the
+dead-letter store, and the ledger commit follows the sink write in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from ingest.batch import Batch
+from ingest.errors import DecodeError, FramingError, RecordError, RetriesExhausted
+from ingest.pipeline import BatchWriter, RecordProcessor
+from ingest.settings import StreamSettings
+from ingest.transform import Transformer
+from ingest.types import DeadLetter, IndexAction, RawRecord
+
+STREAM = StreamSettings(
+    name="s",
+    topic="t",
+    subject="orders",
+    alias="a",
+    id_field="id",
+    version_field="v",
+    max_record_bytes=64,
+)
+
+
+class FakeDecoder:
+    """Decodes b"id:version"; b"!" is a framing error, b"?" a decode error."""
+
+    def decode_batch(self, values: Sequence[bytes]) -> list[dict[str, Any] | RecordError]:
+        out: list[dict[str, Any] | RecordError] = []
+        for v in values:
+            if v == b"!":
+                out.append(FramingError("bad magic byte", detail={"byte": 0}))
+            elif v == b"?":
+                out.append(DecodeError("truncated"))
+            else:
+                doc_id, version = v.decode().split(":")
+                out.append({"id": doc_id, "v": int(version)})
+        return out
+
+
+@dataclass
+class Result:
+    indexed: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+    rejected: list[tuple[IndexAction, str]] = field(default_factory=list)
+    retries: int = 0
+
+
+@dataclass
+class FakeSink:
+    reject_ids: set[str] = field(default_factory=set)
+    fail: bool = False
+    calls: list[tuple[list[IndexAction], list[str]]] = field(default_factory=list)
+
+    def write(self, actions: Sequence[IndexAction], targets: Sequence[str]) -> Result:
+        if self.fail:
+            raise RetriesExhausted("search down")
+        self.calls.append((list(actions), list(targets)))
+        rejected = [(a, "mapper_parsing_exception") for a in actions if a.doc_id in self.reject_ids]
+        ok = [a for a in actions if a.doc_id not in self.reject_ids]
+        return Result(
+            indexed=sum(a.op == "index" for a in ok),
+            deleted=sum(a.op == "delete" for a in ok),
+            rejected=rejected,
+        )
+
+
+@dataclass
+class FakeLedger:
+    commits: list[tuple[list[Any], list[DeadLetter], Mapping[str, int] | None]] = field(
+        default_factory=list
+    )
+
+    def commit(
+        self,
+        offsets: Sequence[Any],
+        dead_letters: Sequence[DeadLetter],
+        run_id: int | None = None,
+        counters: Mapping[str, int] | None = None,
+    ) -> None:
+        self.commits.append((list(offsets), list(dead_letters), counters))
+
+
+def records(*values: bytes | None) -> list[RawRecord]:
+    return [RawRecord("t", 0, i, b"key", v) for i, v in enumerate(values)]
+
+
+def process(*values: bytes | None, stream: StreamSettings = STREAM) -> Batch:
+    batch = Batch()
+    RecordProcessor(stream, FakeDecoder(), Transformer(stream)).process(
+        records(*values), batch, now=0.0
+    )
+    return batch
+
+
+def test_every_record_becomes_an_action_or_a_dead_letter() -> None:
+    """Good records become actions; bad ones dead letters with their stage and raw bytes."""
+    batch = process(b"a:1", b"!", b"?", b"b:2", b"x" * 100)
+    assert [(a.doc_id, a.version) for a in batch.actions] == [("a", 1), ("b", 2)]
+    stages = [(d.record.offset, d.stage) for d in batch.dead_letters]
+    assert stages == [(4, "size"), (1, "framing"), (2, "decode")]
+    assert batch.dead_letters[1].record.value == b"!"
+    assert "bad magic byte" in batch.dead_letters[1].reason
+    assert batch.records == 5 and batch.next_offsets() == {("t", 0): 5}
+
+
+@pytest.mark.parametrize(
+    ("mode", "actions", "dead", "filtered"),
+    [("delete", 1, 0, 0), ("ignore", 0, 0, 1), ("dead-letter", 0, 1, 0)],
+)
+def test_tombstone_modes(mode: str, actions: int, dead: int, filtered: int) -> None:
+    stream = STREAM.model_copy(update={"tombstones": mode})
+    batch = process(None, stream=stream)
+    assert (len(batch.actions), len(batch.dead_letters), batch.filtered) == (
+        actions,
+        dead,
+        filtered,
+    )
+    if actions:
+        assert batch.actions[0].op == "delete"
+
+
+def test_flush_writes_sink_then_commits_offsets_and_all_dead_letters_once() -> None:
+    """Rejected documents join the decode failures in the same ledger commit."""
+    batch = process(b"a:1", b"!", b"b:2", b"a:3")
+    sink, ledger = FakeSink(reject_ids={"b"}), FakeLedger()
+    outcome = BatchWriter(STREAM, sink, ledger, run_id=7).flush(batch, ["a"], offsets=["off"])
+    ((sent, targets),) = sink.calls
+    assert sorted((a.doc_id, a.version) for a in sent) == [("a", 3), ("b", 2)]
+    assert targets == ["a"]
+    ((offsets, dead, counters),) = ledger.commits
+    assert offsets == ["off"]
+    assert sorted(d.stage for d in dead) == ["framing", "index"]
+    assert counters is not None
+    assert counters["consumed"] == 4 and counters["dead_lettered"] == 2
+    assert outcome.indexed == 1 and outcome.conflicts == 1
+
+
+def test_sink_failure_commits_nothing() -> None:
+    """When the sink gives up, the ledger is not touched: the batch will be replayed."""
+    ledger = FakeLedger()
+    with pytest.raises(RetriesExhausted):
+        BatchWriter(STREAM, FakeSink(fail=True), ledger).flush(process(b"a:1"), ["a"], ["off"])
+    assert ledger.commits == []
+
+
+def test_dead_letters_are_published_before_the_ledger_commit() -> None:
+    order: list[str] = []
+    ledger = FakeLedger()
+
+    def publish(dead: Sequence[DeadLetter]) -> None:
+        order.append(f"publish:{len(dead)}")
+        assert ledger.commits == []
+
+    BatchWriter(STREAM, FakeSink(), ledger, publish_dead_letters=publish).flush(
+        process(b"!", b"a:1"), ["a"]
+    )
+    assert order == ["publish:1"] and len(ledger.commits) == 1
