@@ -1,0 +1,339 @@
+"""A specialised Avro binary reader, compiled from one schema into Python source.
+
+Decoding is the ingester's hot path. fastavro interprets the schema for every value
+(0.2 to 1 µs per field); a reader generated once per schema, with every field's code
+inlined into one function working on ``bytes`` by index, does the same work about 1.6 times
+faster. It produces exactly what ``fastavro.schemaless_reader`` gives for the same schema
+(``datetime`` in UTC for timestamps, ``Decimal`` for decimals, ``str`` for enums) — the
+unit tests compare the two on generated records.
+
+It reads with the *writer's* schema only: schema resolution (a v1 record read as v2) stays
+with fastavro. Malformed input raises ``ValueError``/``IndexError``/``struct.error``/
+``UnicodeDecodeError``; the codec wraps them into :class:`~ingest.errors.DecodeError`.
+Counts and lengths are checked against the bytes that remain, so a hostile length prefix
+cannot make it allocate or loop without bound.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import itertools
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from fastavro._logical_readers_py import LOGICAL_READERS
+
+#: ``read(buf, pos)`` -> (decoded value, position after it).
+Reader = Callable[[bytes, int], tuple[Any, int]]
+
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+_MAX_ZERO_SIZE_ITEMS = 1_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_NAIVE = dt.datetime(1970, 1, 1)
+
+
+class _Gen:
+    """Emits the source of one module holding a reader function per named record."""
+
+    def __init__(self) -> None:
+        self.consts: dict[str, Any] = {
+            "_td": dt.timedelta,
+            "_EPOCH": _EPOCH,
+            "_EPOCH_NAIVE": _EPOCH_NAIVE,
+            "_fromts": dt.datetime.fromtimestamp,
+            "_UTC": dt.UTC,
+            "_FAST_MS_LIMIT": 2**33 * 1000,
+            "_unpack_double": struct.Struct("<d").unpack_from,
+            "_unpack_float": struct.Struct("<f").unpack_from,
+            "_from_bytes": int.from_bytes,
+            "_Decimal": decimal.Decimal,
+            "_MAX_ZERO": _MAX_ZERO_SIZE_ITEMS,
+        }
+        self.named: dict[str, Any] = {}
+        self.functions: dict[str, list[str]] = {}
+        self.pending: list[str] = []
+        self.counter = itertools.count()
+
+    def var(self, stem: str) -> str:
+        return f"{stem}{next(self.counter)}"
+
+    def const(self, stem: str, value: Any) -> str:
+        name = f"_{stem}{next(self.counter)}"
+        self.consts[name] = value
+        return name
+
+    def resolve(self, schema: Any) -> Any:
+        if isinstance(schema, str) and schema not in _PRIMITIVES:
+            return self.named[schema]
+        return schema
+
+    def register(self, schema: Any) -> None:
+        """Record every named type defined anywhere in ``schema`` (fastavro's parsed form)."""
+        if isinstance(schema, list):
+            for branch in schema:
+                self.register(branch)
+        elif isinstance(schema, dict):
+            kind = schema["type"]
+            if kind in ("record", "error", "enum", "fixed"):
+                self.named.setdefault(schema["name"], schema)
+            if kind in ("record", "error"):
+                for f in schema["fields"]:
+                    self.register(f["type"])
+            elif kind == "array":
+                self.register(schema["items"])
+            elif kind == "map":
+                self.register(schema["values"])
+            elif isinstance(kind, dict | list):
+                self.register(kind)
+
+    def min_size(self, schema: Any, seen: frozenset[str] = frozenset()) -> int:
+        """Fewest bytes one value can take: bounds counts read from the input."""
+        schema = self.resolve(schema)
+        if isinstance(schema, list):
+            return 1
+        kind = schema if isinstance(schema, str) else schema["type"]
+        if isinstance(kind, dict | list):
+            return self.min_size(kind, seen)
+        if kind in ("record", "error"):
+            if schema["name"] in seen:
+                return 0
+            inner = seen | {schema["name"]}
+            return sum(self.min_size(f["type"], inner) for f in schema["fields"])
+        if kind == "fixed":
+            return int(schema["size"])
+        return {"null": 0, "float": 4, "double": 8}.get(kind, 1)
+
+    # -- code emitters: each appends lines reading one value into ``target`` ---------------
+
+    def varint(self, out: list[str], ind: str, target: str) -> None:
+        out += [
+            f"{ind}b = buf[pos]",
+            f"{ind}pos += 1",
+            f"{ind}if b < 128:",
+            f"{ind}    {target} = (b >> 1) ^ -(b & 1)",
+            f"{ind}else:",
+            f"{ind}    n = b & 127",
+            f"{ind}    shift = 7",
+            f"{ind}    while True:",
+            f"{ind}        b = buf[pos]",
+            f"{ind}        pos += 1",
+            f"{ind}        n |= (b & 127) << shift",
+            f"{ind}        if b < 128:",
+            f"{ind}            break",
+            f"{ind}        shift += 7",
+            f"{ind}        if shift > 63:",
+            f"{ind}            raise ValueError('varint longer than 10 bytes')",
+            f"{ind}    {target} = (n >> 1) ^ -(n & 1)",
+        ]
+
+    def length(self, out: list[str], ind: str, target: str) -> None:
+        self.varint(out, ind, target)
+        out += [
+            f"{ind}if {target} < 0 or pos + {target} > end:",
+            f"{ind}    raise ValueError('length ' + str({target}) + ' at byte ' + str(pos) + "
+            "' does not fit the remaining ' + str(end - pos) + ' bytes')",
+        ]
+
+    def value(
+        self, schema: Any, out: list[str], ind: str, target: str, stack: tuple[str, ...]
+    ) -> None:
+        schema = self.resolve(schema)
+        if isinstance(schema, list):
+            self.union(schema, out, ind, target, stack)
+            return
+        if isinstance(schema, str):
+            self.primitive(schema, out, ind, target)
+            return
+        kind = schema["type"]
+        if isinstance(kind, dict | list):
+            self.value(kind, out, ind, target, stack)
+            return
+        logical = schema.get("logicalType")
+        if logical is not None and self.logical(schema, kind, logical, out, ind, target):
+            return
+        if kind in _PRIMITIVES:
+            self.primitive(kind, out, ind, target)
+        elif kind in ("record", "error"):
+            self.record(schema, out, ind, target, stack)
+        elif kind == "enum":
+            symbols = self.const("symbols", tuple(schema["symbols"]))
+            idx = self.var("i")
+            self.varint(out, ind, idx)
+            out += [
+                f"{ind}if {idx} < 0:",
+                f"{ind}    raise IndexError('negative enum index')",
+                f"{ind}{target} = {symbols}[{idx}]",
+            ]
+        elif kind == "fixed":
+            out += [
+                f"{ind}if pos + {int(schema['size'])} > end:",
+                f"{ind}    raise ValueError('fixed value runs past the end')",
+                f"{ind}{target} = buf[pos:pos + {int(schema['size'])}]",
+                f"{ind}pos += {int(schema['size'])}",
+            ]
+        elif kind == "array":
+            self.array(schema, out, ind, target, stack)
+        elif kind == "map":
+            self.map(schema, out, ind, target, stack)
+        else:
+            raise ValueError(f"unsupported Avro type {kind!r}")
+
+    def primitive(self, kind: str, out: list[str], ind: str, target: str) -> None:
+        if kind == "null":
+            out.append(f"{ind}{target} = None")
+        elif kind == "boolean":
+            out += [f"{ind}{target} = buf[pos] == 1", f"{ind}pos += 1"]
+        elif kind in ("int", "long"):
+            self.varint(out, ind, target)
+        elif kind == "double":
+            out += [f"{ind}{target} = _unpack_double(buf, pos)[0]", f"{ind}pos += 8"]
+        elif kind == "float":
+            out += [f"{ind}{target} = _unpack_float(buf, pos)[0]", f"{ind}pos += 4"]
+        elif kind in ("string", "bytes"):
+            n = self.var("n")
+            self.length(out, ind, n)
+            read = f"buf[pos:pos + {n}]"
+            out += [
+                f"{ind}{target} = {read}.decode()"
+                if kind == "string"
+                else f"{ind}{target} = {read}",
+                f"{ind}pos += {n}",
+            ]
+        else:
+            raise ValueError(f"unknown Avro type {kind!r}")
+
+    def logical(
+        self, schema: dict[str, Any], kind: str, logical: str, out: list[str], ind: str, target: str
+    ) -> bool:
+        """Inline the common logical types; others go through fastavro's own converter."""
+        raw = self.var("r")
+        if kind == "long" and logical == "timestamp-millis":
+            # fromtimestamp is ~30% faster than epoch + timedelta and exact in this range:
+            # the double r / 1000 is within half a microsecond of the true value before 2242.
+            self.varint(out, ind, raw)
+            out += [
+                f"{ind}if 0 <= {raw} < _FAST_MS_LIMIT:",
+                f"{ind}    {target} = _fromts({raw} / 1000, _UTC)",
+                f"{ind}else:",
+                f"{ind}    {target} = _EPOCH + _td(microseconds={raw} * 1000)",
+            ]
+            return True
+        if kind == "long" and logical == "local-timestamp-millis":
+            self.varint(out, ind, raw)
+            out.append(f"{ind}{target} = _EPOCH_NAIVE + _td(microseconds={raw} * 1000)")
+            return True
+        if kind == "long" and logical in ("timestamp-micros", "local-timestamp-micros"):
+            base = "_EPOCH" if logical == "timestamp-micros" else "_EPOCH_NAIVE"
+            self.varint(out, ind, raw)
+            out.append(f"{ind}{target} = {base} + _td(microseconds={raw})")
+            return True
+        if kind == "bytes" and logical == "decimal":
+            # Decimal(int) is exact; scaleb rounds to the context's precision like fastavro.
+            ctx = self.const("ctx", decimal.Context(prec=int(schema["precision"])))
+            scale = int(schema.get("scale", 0))
+            self.primitive("bytes", out, ind, raw)
+            out.append(
+                f"{ind}{target} = _Decimal(_from_bytes({raw}, 'big', signed=True))"
+                f".scaleb({-scale}, {ctx})"
+            )
+            return True
+        convert = LOGICAL_READERS.get(f"{kind}-{logical}")
+        if convert is None:
+            return False  # unknown logical type: the underlying type, as fastavro does
+        fn = self.const("logical", convert)
+        sch = self.const("schema", schema)
+        self.value({k: v for k, v in schema.items() if k != "logicalType"}, out, ind, raw, ())
+        out.append(f"{ind}{target} = {fn}({raw}, {sch}, {sch})")
+        return True
+
+    def union(
+        self, branches: list[Any], out: list[str], ind: str, target: str, stack: tuple[str, ...]
+    ) -> None:
+        idx = self.var("u")
+        self.varint(out, ind, idx)
+        for n, branch in enumerate(branches):
+            out.append(f"{ind}{'if' if n == 0 else 'elif'} {idx} == {n}:")
+            self.value(branch, out, ind + "    ", target, stack)
+        out += [f"{ind}else:", f"{ind}    raise IndexError('union index out of range')"]
+
+    def blocks(self, item_min: int, out: list[str], ind: str, count: str) -> None:
+        """Open the block loop of an array or map; the caller emits the per-item body."""
+        self.varint(out, ind + "    ", count)
+        guard = f"{count} > end - pos" if item_min else f"{count} > _MAX_ZERO"
+        out += [
+            f"{ind}    if {count} == 0:",
+            f"{ind}        break",
+            f"{ind}    if {count} < 0:",
+            f"{ind}        {count} = -{count}",
+        ]
+        self.varint(out, ind + "        ", "_")
+        out += [f"{ind}    if {guard}:", f"{ind}        raise ValueError('block count too large')"]
+
+    def array(
+        self, schema: dict[str, Any], out: list[str], ind: str, target: str, stack: tuple[str, ...]
+    ) -> None:
+        items, count, item = self.var("a"), self.var("c"), self.var("v")
+        out += [f"{ind}{items} = []", f"{ind}while True:"]
+        self.blocks(self.min_size(schema["items"]), out, ind, count)
+        out.append(f"{ind}    for _ in range({count}):")
+        self.value(schema["items"], out, ind + "        ", item, stack)
+        out += [f"{ind}        {items}.append({item})", f"{ind}{target} = {items}"]
+
+    def map(
+        self, schema: dict[str, Any], out: list[str], ind: str, target: str, stack: tuple[str, ...]
+    ) -> None:
+        result, count, key, item = self.var("m"), self.var("c"), self.var("k"), self.var("v")
+        out += [f"{ind}{result} = {{}}", f"{ind}while True:"]
+        self.blocks(1 + self.min_size(schema["values"]), out, ind, count)
+        out.append(f"{ind}    for _ in range({count}):")
+        self.primitive("string", out, ind + "        ", key)
+        self.value(schema["values"], out, ind + "        ", item, stack)
+        out += [f"{ind}        {result}[{key}] = {item}", f"{ind}{target} = {result}"]
+
+    def record(
+        self, schema: dict[str, Any], out: list[str], ind: str, target: str, stack: tuple[str, ...]
+    ) -> None:
+        name = schema["name"]
+        if name in stack:  # recursive type: call its function instead of inlining forever
+            fn = self.function(name)
+            out.append(f"{ind}{target}, pos = {fn}(buf, pos, end)")
+            return
+        names = [self.var("f") for _ in schema["fields"]]
+        for field, var in zip(schema["fields"], names, strict=True):
+            self.value(field["type"], out, ind, var, (*stack, name))
+        items = ", ".join(
+            f"{field['name']!r}: {var}" for field, var in zip(schema["fields"], names, strict=True)
+        )
+        out.append(f"{ind}{target} = {{{items}}}")
+
+    def function(self, name: str) -> str:
+        fn = "read_" + "".join(c if c.isalnum() else "_" for c in name)
+        if fn not in self.functions:
+            self.functions[fn] = []
+            body: list[str] = []
+            self.record(self.named[name], body, "    ", "result", ())
+            self.functions[fn] = [
+                f"def {fn}(buf, pos, end):",
+                *body,
+                "    return result, pos",
+            ]
+        return fn
+
+
+def compile_reader(schema: dict[str, Any]) -> Reader:
+    """A reader for values written with ``schema`` (fastavro's parsed form, a record).
+
+    The generated source holds only names made here, constants passed by reference and
+    field names as Python string literals (``repr``), so a schema cannot inject code.
+    """
+    gen = _Gen()
+    gen.register(schema)
+    top = gen.function(schema["name"])
+    source = "\n\n".join("\n".join(lines) for lines in gen.functions.values())
+    source += f"\n\ndef read(buf, pos):\n    return {top}(buf, pos, len(buf))\n"
+    namespace: dict[str, Any] = dict(gen.consts)
+    exec(compile(source, f"<avro reader {schema['name']}>", "exec"), namespace)  # noqa: S102
+    reader: Reader = namespace["read"]
+    return reader
