@@ -29,25 +29,20 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
 import structlog
 
 from ingest.batch import Batch, FlushPolicy
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec
+from ingest.components import Components, build_pipeline, open_components
 from ingest.errors import FatalError, FencedError, IngestError
 from ingest.health import Health
 from ingest.indices import IndexRouter, ensure_live_index
-from ingest.ledger import OffsetCommit, PostgresLedger
+from ingest.ledger import OffsetCommit
 from ingest.metrics import Metrics
-from ingest.pipeline import BatchWriter, FlushOutcome, RecordProcessor
+from ingest.pipeline import FlushOutcome
 from ingest.retry import RetryEvent
-from ingest.search import SearchClient, connect_search
 from ingest.settings import Settings, StreamSettings
-from ingest.sink import BulkSink
 from ingest.source import KafkaSource, consumer_config
-from ingest.transform import Transformer
 
 log = structlog.get_logger(__name__)
 
@@ -75,9 +70,7 @@ class StreamWorker:
         settings: Settings,
         stream: StreamSettings,
         *,
-        catalog: SchemaCatalog,
-        ledger: PostgresLedger,
-        search: SearchClient,
+        components: Components,
         stop: threading.Event,
         metrics: Metrics | None = None,
         health: Health | None = None,
@@ -86,8 +79,8 @@ class StreamWorker:
         self.stream = stream
         self.group = group_id_for(settings, stream)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{stream.name}"
-        self._ledger = ledger
-        self._search = search
+        self._ledger = components.ledger
+        self._search = components.search
         self._stop = stop
         self._metrics = metrics
         self._health = health
@@ -96,14 +89,11 @@ class StreamWorker:
             max_bytes=min(stream.max_batch_bytes, settings.runtime.max_buffered_bytes),
             linger_s=stream.linger_s,
         )
-        codec = AvroCodec(catalog, stream.subject, registry_url=settings.schema_registry.url)
-        self._processor = RecordProcessor(stream, codec, Transformer(stream))
-        self._sink = BulkSink(
-            search, max_retry_s=settings.runtime.max_retry_s, on_retry=self._on_retry
-        )
-        self._router = IndexRouter(stream, ledger)
-        self._catalog = catalog
-        self._writer = BatchWriter(stream, self._sink, ledger)
+        pipeline = build_pipeline(components, stream, on_retry=self._on_retry)
+        self._processor = pipeline.processor
+        self._writer = pipeline.writer
+        self._router = IndexRouter(stream, components.ledger)
+        self._catalog = components.catalog
         self._batch = Batch()
         self._generations: dict[int, int] = {}
         self._source: KafkaSource | None = None
@@ -331,28 +321,33 @@ class Daemon:
         """Exit code: 0 after a clean stop, 1 after a fatal error."""
         signal.signal(signal.SIGTERM, self._handle_signal)
         signal.signal(signal.SIGINT, self._handle_signal)
-        catalog = SchemaCatalog.load(self.settings.schemas_dir)
-        for s in self.streams:
-            catalog.latest(s.subject)
-        ledger = PostgresLedger.from_settings(self.settings.ledger)
-        ledger.migrate()
-        search = connect_search(self.settings.search)
-        self.health.set_connected(True)
-        server = None
-        if self.settings.runtime.metrics_port is not None:
-            from ingest.health import serve
+        with open_components(self.settings) as components:
+            self.health.set_connected(True)
+            server = None
+            if self.settings.runtime.metrics_port is not None:
+                from ingest.health import serve
 
-            server = serve(
-                self.settings.runtime.metrics_port,
-                self.metrics,
-                self.health,
-                max_retry_stuck_s=min(60.0, self.settings.runtime.max_retry_s / 2),
-            )
-            log.info("metrics_listening", port=server.port)
+                server = serve(
+                    self.settings.runtime.metrics_port,
+                    self.metrics,
+                    self.health,
+                    max_retry_stuck_s=min(60.0, self.settings.runtime.max_retry_s / 2),
+                )
+                log.info("metrics_listening", port=server.port)
+            try:
+                if not self._run_threads(components):
+                    return 1
+            finally:
+                if server is not None:
+                    server.close()
+        return 1 if self.errors else 0
+
+    def _run_threads(self, components: Components) -> bool:
+        """Run every worker; False when they did not stop within the shutdown timeout."""
         threads = [
             threading.Thread(
                 target=self._run_worker,
-                args=(s, catalog, ledger, search),
+                args=(s, components),
                 name=f"stream-{s.name}",
                 daemon=True,
             )
@@ -360,33 +355,23 @@ class Daemon:
         ]
         for t in threads:
             t.start()
-        try:
-            while any(t.is_alive() for t in threads) and not self.stop.is_set():
-                time.sleep(0.2)
-            self.stop.set()
-            self.health.shutting_down()
-            deadline = time.monotonic() + self.settings.runtime.shutdown_timeout_s
-            for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
-            if any(t.is_alive() for t in threads):
-                log.error("shutdown_timed_out", timeout_s=self.settings.runtime.shutdown_timeout_s)
-                return 1
-        finally:
-            if server is not None:
-                server.close()
-            search.close()
-            ledger.close()
-        return 1 if self.errors else 0
+        while any(t.is_alive() for t in threads) and not self.stop.is_set():
+            time.sleep(0.2)
+        self.stop.set()
+        self.health.shutting_down()
+        deadline = time.monotonic() + self.settings.runtime.shutdown_timeout_s
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            log.error("shutdown_timed_out", timeout_s=self.settings.runtime.shutdown_timeout_s)
+            return False
+        return True
 
-    def _run_worker(
-        self, stream: StreamSettings, catalog: SchemaCatalog, ledger: PostgresLedger, search: Any
-    ) -> None:
+    def _run_worker(self, stream: StreamSettings, components: Components) -> None:
         worker = StreamWorker(
             self.settings,
             stream,
-            catalog=catalog,
-            ledger=ledger,
-            search=search,
+            components=components,
             stop=self.stop,
             metrics=self.metrics,
             health=self.health,

@@ -1,0 +1,80 @@
+"""Connecting to the ledger, the search cluster and the schema catalog, once, for any job.
+
+The daemon, the backfills, the reindexer and the operator commands all start the same way:
+load the catalog (bad schema files fail here), connect to PostgreSQL and migrate, connect to
+the search cluster (its kind detected). Each failure is one ConfigError line. The pipeline for
+a stream is built here too, so stream and backfill share one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ingest.catalog import SchemaCatalog
+from ingest.codec import AvroCodec
+from ingest.ledger import PostgresLedger
+from ingest.pipeline import BatchWriter, RecordProcessor
+from ingest.retry import OnRetry
+from ingest.search import SearchClient, connect_search
+from ingest.settings import Settings, StreamSettings
+from ingest.sink import BulkSink
+from ingest.transform import Transformer
+
+
+@dataclass
+class Components:
+    settings: Settings
+    catalog: SchemaCatalog
+    ledger: PostgresLedger
+    search: SearchClient
+
+    def close(self) -> None:
+        self.search.close()
+        self.ledger.close()
+
+
+@contextmanager
+def open_components(settings: Settings) -> Iterator[Components]:
+    """Catalog, migrated ledger and search client; closed on exit."""
+    catalog = SchemaCatalog.load(settings.schemas_dir)
+    for stream in settings.streams:
+        catalog.latest(stream.subject)
+    ledger = PostgresLedger.from_settings(settings.ledger)
+    try:
+        ledger.migrate()
+        client = connect_search(settings.search)
+    except BaseException:
+        ledger.close()
+        raise
+    components = Components(settings, catalog, ledger, client)
+    try:
+        yield components
+    finally:
+        components.close()
+
+
+@dataclass
+class StreamPipeline:
+    """Decode/validate/transform and flush for one stream: used by stream and backfill."""
+
+    processor: RecordProcessor
+    writer: BatchWriter
+    sink: BulkSink
+
+
+def build_pipeline(
+    components: Components,
+    stream: StreamSettings,
+    *,
+    run_id: int | None = None,
+    on_retry: OnRetry | None = None,
+) -> StreamPipeline:
+    """The one pipeline for ``stream``: codec -> transform -> bulk sink -> ledger."""
+    settings = components.settings
+    codec = AvroCodec(components.catalog, stream.subject, registry_url=settings.schema_registry.url)
+    transformer = Transformer(stream)
+    sink = BulkSink(components.search, max_retry_s=settings.runtime.max_retry_s, on_retry=on_retry)
+    writer = BatchWriter(stream, sink, components.ledger, run_id=run_id)
+    return StreamPipeline(RecordProcessor(stream, codec, transformer), writer, sink)
