@@ -1,0 +1,34 @@
+"""The ledger: PostgreSQL state shared by the streaming daemon and the Luigi backfills.
+
+Import :class:`PostgresLedger` and the row types from here; the submodules are
+``postgres`` (the class), ``models`` (row dataclasses and their stored form) and
+``migrator`` (versioned migrations and worker privileges).
+"""
+
+from ingest.ledger.models import (
+    ChunkRow,
+    ChunkStatus,
+    DeadLetterRow,
+    IndexState,
+    IndexVersionRow,
+    OffsetCommit,
+    OffsetRow,
+    PartitionClaim,
+    RunRow,
+    RunStatus,
+)
+from ingest.ledger.postgres import PostgresLedger
+
+__all__ = [
+    "ChunkRow",
+    "ChunkStatus",
+    "DeadLetterRow",
+    "IndexState",
+    "IndexVersionRow",
+    "OffsetCommit",
+    "OffsetRow",
+    "PartitionClaim",
+    "PostgresLedger",
+    "RunRow",
+    "RunStatus",
+]
