@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ingest.errors import ConfigError, FencedError
+from ingest.errors import ConfigError, FencedError, TransientError
 from ingest.ledger import OffsetCommit, PostgresLedger
 from ingest.ledger.migrator import load_migrations
 from ingest.settings import LedgerSettings
@@ -585,3 +585,46 @@ def test_silent_server_fails_within_the_connect_timeout() -> None:
     assert 1.5 <= took < 6
     assert "hunter2secret" not in str(info.value)
     assert f"port={port}" in str(info.value)
+
+
+# -- failures while running ---------------------------------------------------------------
+
+
+def test_ledger_survives_its_connections_being_killed(
+    open_ledger: Callable[..., PostgresLedger], ledger_dsn: str, unique: str
+) -> None:
+    """After the server drops every pooled connection, the next call reconnects and works."""
+    led = open_ledger(make_conninfo(ledger_dsn, application_name=unique))
+    led.migrate()
+    led.claim_partitions("g", "orders", [0], "a")
+    with psycopg.connect(ledger_dsn, autocommit=True, connect_timeout=5) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            (unique,),
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+    led.commit([OffsetCommit("g", "orders", 0, 1, 3)])
+    assert led.offsets("g", "orders") == {0: 3}
+
+
+def test_blocked_commit_times_out_as_transient_error(
+    open_ledger: Callable[..., PostgresLedger], ledger_dsn: str, unique: str
+) -> None:
+    """A commit stuck behind a row lock gives up after statement_timeout_s, retryably."""
+    led = open_ledger(statement_timeout_s=0.5)
+    led.migrate()
+    led.claim_partitions("g", "orders", [0], "a")
+    with psycopg.connect(ledger_dsn, connect_timeout=5) as blocker:
+        blocker.execute(
+            sql.SQL("SELECT * FROM {} FOR UPDATE").format(
+                sql.Identifier(unique, "partition_offsets")
+            )
+        )
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="statement timeout"):
+            led.commit([OffsetCommit("g", "orders", 0, 1, 3)])
+        assert time.monotonic() - started < 5
+        blocker.rollback()
+    led.commit([OffsetCommit("g", "orders", 0, 1, 3)])
+    assert led.offsets("g", "orders") == {0: 3}
