@@ -93,7 +93,7 @@ def kafka_admin(kafka_bootstrap: str) -> Any:
 
 def _create_topic(admin: Any, name: str, partitions: int) -> None:
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewTopic
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
     futures = admin.create_topics(
         [NewTopic(name, num_partitions=partitions, replication_factor=1)],

@@ -1,0 +1,702 @@
+"""Loopback proxies that inject faults in front of the real servers, switchable at run time.
+
+:class:`HttpFaultProxy` sits in front of the search server and can, per request:
+
+- pass through (the default);
+- answer 429/503 itself, for N requests or T seconds (``fail``);
+- hold the response past a client's timeout, after forwarding or instead of it (``delay``);
+- answer a ``_bulk`` request with HTTP 200, ``errors: true`` and item-level 429/503 for some
+  items (``reject_items``, PITFALLS #1). The rejected items are *withheld* from the server by
+  default, so the index really lacks them — as when Elasticsearch rejects them — and a
+  client that does not retry them loses them visibly.
+
+:class:`TcpFaultProxy` relays raw TCP (PostgreSQL; Kafka only when the broker advertises
+the proxy's address) and can refuse new connections, blackhole traffic (accept and read,
+never answer) or drop every open connection.
+
+Both count what they saw per mode so a test can assert that a fault actually happened.
+Threads are daemons, every wait is bounded and ``close()`` stops everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import http.client
+import json
+import re
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+PASS = "pass"
+FAIL = "fail"
+DELAY = "delay"
+REJECT_ITEMS = "reject_items"
+
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+}
+_ERROR_TYPES = {
+    429: "es_rejected_execution_exception",
+    503: "unavailable_shards_exception",
+}
+
+
+def _error_body(status: int, reason: str) -> dict[str, Any]:
+    kind = _ERROR_TYPES.get(status, "injected_fault_exception")
+    cause = {"type": kind, "reason": reason}
+    return {"error": {"root_cause": [cause], **cause}, "status": status}
+
+
+@dataclass
+class Fault:
+    """One active fault: what to do, for how many matching requests or until when."""
+
+    mode: str
+    status: int = 429
+    delay_s: float = 0.0
+    forward: bool = True
+    every: int = 1
+    withhold: bool = True
+    path: re.Pattern[str] | None = None
+    remaining: int | None = None
+    until: float | None = None
+    retry_after_s: float | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.mode == REJECT_ITEMS:
+            return method == "POST" and urlsplit(path).path.rstrip("/").endswith("_bulk")
+        return self.path is None or bool(self.path.search(path))
+
+    def expired(self, now: float) -> bool:
+        return (self.remaining is not None and self.remaining <= 0) or (
+            self.until is not None and now >= self.until
+        )
+
+
+@dataclass
+class SeenRequest:
+    """One request as the proxy handled it."""
+
+    method: str
+    path: str
+    mode: str
+    status: int
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _BulkItem:
+    op: str
+    meta: dict[str, Any]
+    lines: list[bytes]
+
+
+def parse_bulk(body: bytes) -> list[_BulkItem]:
+    """Split a ``_bulk`` NDJSON body into items (``delete`` has no source line)."""
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    items: list[_BulkItem] = []
+    i = 0
+    while i < len(lines):
+        action = json.loads(lines[i])
+        op = next(iter(action))
+        if op == "delete":
+            items.append(_BulkItem(op, action[op] or {}, [lines[i]]))
+            i += 1
+        else:
+            items.append(_BulkItem(op, action[op] or {}, lines[i : i + 2]))
+            i += 2
+    return items
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _ProxyServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr line."""
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self) -> None:
+        proxy = self.server.proxy
+        body = self._read_body()
+        fault = proxy._take_fault(self.command, self.path)
+        mode = PASS if fault is None else fault.mode
+        try:
+            if fault is None:
+                status = self._forward(body)
+            elif fault.mode == FAIL:
+                status = self._answer_error(fault)
+            elif fault.mode == DELAY:
+                status = self._delayed(fault, body)
+            else:
+                status = self._reject_items(fault, body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (its timeout) while we held the answer: expected in DELAY.
+            status = -1
+            self.close_connection = True
+        except OSError as exc:  # the upstream failed mid-fault: tell the client, like a gateway
+            reason = f"fault proxy: upstream failed: {exc}"
+            with contextlib.suppress(OSError):
+                self._send(502, [], json.dumps(_error_body(502, reason)).encode())
+            status = 502
+            self.close_connection = True
+        proxy._record(SeenRequest(self.command, self.path, mode, status))
+
+    # ---------------------------------------------------------------- upstream
+
+    def _upstream(
+        self, body: bytes, *, plain: bool = False
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Send the request upstream; ``plain`` asks for an uncompressed answer."""
+        proxy = self.server.proxy
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers.pop("Host", None)
+        headers["Host"] = proxy.upstream_netloc
+        if plain:
+            headers = {k: v for k, v in headers.items() if k.lower() != "accept-encoding"}
+        conn = http.client.HTTPConnection(
+            proxy.upstream_host, proxy.upstream_port, timeout=proxy.upstream_timeout_s
+        )
+        try:
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, resp.getheaders(), data
+        finally:
+            conn.close()
+
+    def _send(self, status: int, headers: list[tuple[str, str]], data: bytes) -> int:
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self.wfile.flush()
+        return status
+
+    def _forward(self, body: bytes) -> int:
+        try:
+            status, headers, data = self._upstream(body)
+        except OSError as exc:
+            return self._send(
+                502,
+                [("Content-Type", "application/json")],
+                json.dumps(_error_body(502, f"fault proxy: upstream unreachable: {exc}")).encode(),
+            )
+        self.server.proxy._remember_product(headers)
+        return self._send(status, headers, data)
+
+    # ---------------------------------------------------------------- faults
+
+    def _answer_error(self, fault: Fault) -> int:
+        headers = [("Content-Type", "application/json; charset=UTF-8")]
+        if fault.retry_after_s is not None:
+            headers.append(("Retry-After", str(round(fault.retry_after_s))))
+        reason = f"rejected by fault proxy (HTTP {fault.status})"
+        return self._send(
+            fault.status, headers, json.dumps(_error_body(fault.status, reason)).encode()
+        )
+
+    def _delayed(self, fault: Fault, body: bytes) -> int:
+        proxy = self.server.proxy
+        if not fault.forward:
+            proxy._stopping.wait(fault.delay_s)
+            return self._answer_error(Fault(FAIL, status=504))
+        status, headers, data = self._upstream(body)
+        proxy._stopping.wait(fault.delay_s)
+        return self._send(status, headers, data)
+
+    def _reject_items(self, fault: Fault, body: bytes) -> int:
+        proxy = self.server.proxy
+        if self.headers.get("Content-Encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+            del self.headers["Content-Encoding"]
+        items = parse_bulk(body)
+        rejected = {i for i in range(len(items)) if i % fault.every == 0}
+        if fault.withhold:
+            sent = [item for i, item in enumerate(items) if i not in rejected]
+        else:
+            sent = items
+        upstream_items: list[dict[str, Any]] = []
+        headers: list[tuple[str, str]] = [("Content-Type", "application/json; charset=UTF-8")]
+        took = 0
+        if sent:
+            forwarded = b"".join(line + b"\n" for item in sent for line in item.lines)
+            status, headers, data = self._upstream(forwarded, plain=True)
+            if status != 200:
+                return self._send(status, headers, data)
+            proxy._remember_product(headers)
+            answer = json.loads(data)
+            upstream_items = answer.get("items", [])
+            took = answer.get("took", 0)
+        elif proxy._product_header is not None:
+            headers.append(proxy._product_header)
+        merged: list[dict[str, Any]] = []
+        upstream_iter = iter(upstream_items)
+        for i, item in enumerate(items):
+            if i in rejected:
+                if not fault.withhold:
+                    next(upstream_iter, None)
+                reason = f"rejected by fault proxy (item-level {fault.status})"
+                merged.append(
+                    {
+                        item.op: {
+                            "_index": item.meta.get("_index"),
+                            "_id": item.meta.get("_id"),
+                            "status": fault.status,
+                            "error": {
+                                "type": _ERROR_TYPES.get(fault.status, "injected_fault_exception"),
+                                "reason": reason,
+                            },
+                        }
+                    }
+                )
+            else:
+                merged.append(next(upstream_iter))
+        proxy._count_items(len(rejected))
+        data = json.dumps({"took": took, "errors": True, "items": merged}).encode()
+        return self._send(200, headers, data)
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    proxy: HttpFaultProxy
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        super().__init__(address, handler)
+        self.client_socks: set[socket.socket] = set()
+        self.socks_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.socks_lock:
+            self.client_socks.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.socks_lock:
+            self.client_socks.discard(request)
+        super().shutdown_request(request)
+
+    def drop_clients(self) -> None:
+        """Close idle keep-alive connections so no handler thread outlives the proxy."""
+        with self.socks_lock:
+            socks = list(self.client_socks)
+            self.client_socks.clear()
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class HttpFaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of ``upstream_url`` with switchable faults.
+
+    Use as a context manager (or ``start()``/``close()``); point clients at ``.url``.
+    Faults apply to requests arriving after the switch; one fault is active at a time and
+    reverts to pass-through when its ``count`` or ``duration_s`` runs out.
+    """
+
+    def __init__(self, upstream_url: str, *, upstream_timeout_s: float = 60.0) -> None:
+        parts = urlsplit(upstream_url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"fault proxy needs an http:// upstream, got {upstream_url!r}")
+        self.upstream_host: str = parts.hostname
+        self.upstream_port: int = parts.port or 80
+        self.upstream_netloc = parts.netloc
+        self.upstream_timeout_s = upstream_timeout_s
+        self._lock = threading.Lock()
+        self._fault: Fault | None = None
+        self._stopping = threading.Event()
+        self._product_header: tuple[str, str] | None = None
+        self.counts: Counter[str] = Counter()
+        self.items_rejected = 0
+        self.requests: list[SeenRequest] = []
+        self._server = _ProxyServer(("127.0.0.1", 0), _Handler)
+        self._server.proxy = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HttpFaultProxy:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="http-fault-proxy",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving; held (delayed) responses are released at once."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.drop_clients()
+        self._server.server_close()
+
+    def __enter__(self) -> HttpFaultProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- switching
+
+    def _set(self, fault: Fault | None, count: int | None, duration_s: float | None) -> None:
+        if fault is not None:
+            fault.remaining = count
+            fault.until = None if duration_s is None else time.monotonic() + duration_s
+        with self._lock:
+            self._fault = fault
+
+    def pass_through(self) -> None:
+        """Forward everything untouched (ends any active fault)."""
+        self._set(None, None, None)
+
+    def fail(
+        self,
+        status: int = 429,
+        *,
+        count: int | None = None,
+        duration_s: float | None = None,
+        path: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        """Answer ``status`` without forwarding, to ``count`` requests / for ``duration_s``.
+
+        ``path`` is a regex the request path must match (e.g. ``r"_bulk"``); others pass.
+        Neither count nor duration means until switched back.
+        """
+        fault = Fault(
+            FAIL,
+            status=status,
+            path=re.compile(path) if path else None,
+            retry_after_s=retry_after_s,
+        )
+        self._set(fault, count, duration_s)
+
+    def delay(
+        self,
+        delay_s: float,
+        *,
+        count: int | None = None,
+        duration_s: float | None = None,
+        path: str | None = None,
+        forward: bool = True,
+    ) -> None:
+        """Hold matching responses ``delay_s`` seconds (past the client's timeout).
+
+        ``forward=True`` sends the request upstream first — the server *applies* it and the
+        client never hears — the nastiest timeout for idempotency; ``False`` never forwards
+        and finally answers 504.
+        """
+        fault = Fault(
+            DELAY, delay_s=delay_s, forward=forward, path=re.compile(path) if path else None
+        )
+        self._set(fault, count, duration_s)
+
+    def reject_items(
+        self,
+        status: int = 429,
+        *,
+        every: int = 1,
+        count: int | None = None,
+        duration_s: float | None = None,
+        withhold: bool = True,
+    ) -> None:
+        """Answer ``_bulk`` with HTTP 200, ``errors: true`` and item-level ``status``.
+
+        Items 0, ``every``, ``2*every``... of each affected bulk request are rejected;
+        ``count`` counts bulk requests. With ``withhold`` the rejected items never reach
+        the server (a true rejection); without it they are applied and only the answer lies.
+        Non-bulk requests pass through.
+        """
+        if every < 1:
+            raise ValueError("every must be >= 1")
+        self._set(
+            Fault(REJECT_ITEMS, status=status, every=every, withhold=withhold), count, duration_s
+        )
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            fault = self._fault
+            if fault is None:
+                return None
+            if fault.expired(time.monotonic()):
+                self._fault = None
+                return None
+            if not fault.matches(method, path):
+                return None
+            if fault.remaining is not None:
+                fault.remaining -= 1
+            return fault
+
+    def _record(self, seen: SeenRequest) -> None:
+        with self._lock:
+            self.counts[seen.mode] += 1
+            self.requests.append(seen)
+
+    def _count_items(self, n: int) -> None:
+        with self._lock:
+            self.items_rejected += n
+
+    def _remember_product(self, headers: list[tuple[str, str]]) -> None:
+        for name, value in headers:
+            if name.lower() == "x-elastic-product":
+                self._product_header = (name, value)
+
+    @property
+    def active(self) -> str:
+        """The mode new requests currently get."""
+        with self._lock:
+            fault = self._fault
+            if fault is None or fault.expired(time.monotonic()):
+                return PASS
+            return fault.mode
+
+    def seen(self, mode: str | None = None, path: str | None = None) -> list[SeenRequest]:
+        """Requests handled so far, optionally only one mode / paths matching a regex."""
+        with self._lock:
+            found = list(self.requests)
+        if mode is not None:
+            found = [r for r in found if r.mode == mode]
+        if path is not None:
+            pattern = re.compile(path)
+            found = [r for r in found if pattern.search(r.path)]
+        return found
+
+    def wait_for(self, mode: str, n: int = 1, timeout_s: float = 10.0) -> None:
+        """Block until ``n`` requests were handled in ``mode``; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while self.counts[mode] < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"fault proxy saw {self.counts[mode]} {mode!r} requests, wanted {n}"
+                    f" within {timeout_s} s (all: {dict(self.counts)})"
+                )
+            time.sleep(0.02)
+
+
+# =========================================================================== raw TCP
+
+TCP_PASS = "pass"
+TCP_BLACKHOLE = "blackhole"
+TCP_REFUSE = "refuse"
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), as a crashed peer or a firewall reset would."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class TcpFaultProxy:
+    """A TCP relay on 127.0.0.1 in front of ``(host, port)`` that can misbehave.
+
+    Modes: ``pass_through()``; ``blackhole()`` — connections stay open, bytes are read
+    and dropped both ways, nothing is answered (a hung server or a silent network);
+    ``refuse()`` — new connections are reset at once. ``drop_connections()`` resets every
+    open connection now, whatever the mode.
+
+    For Kafka the broker must advertise the proxy's address, otherwise clients reconnect
+    straight to the broker after the first metadata request.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.mode = TCP_PASS
+        self.connections_seen = 0
+        self.connections_refused = 0
+        self.bytes_dropped = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._open: set[socket.socket] = set()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.1)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def port(self) -> int:
+        return int(self._listener.getsockname()[1])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> TcpFaultProxy:
+        thread = threading.Thread(target=self._accept_loop, name="tcp-fault-proxy", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def close(self) -> None:
+        self._stopping.set()
+        self.drop_connections()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def __enter__(self) -> TcpFaultProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def pass_through(self) -> None:
+        self.mode = TCP_PASS
+
+    def blackhole(self) -> None:
+        self.mode = TCP_BLACKHOLE
+
+    def refuse(self) -> None:
+        self.mode = TCP_REFUSE
+
+    def drop_connections(self) -> int:
+        """Reset every open connection (both sides); returns how many client links dropped."""
+        with self._lock:
+            socks = list(self._open)
+            self._open.clear()
+        for sock in socks:
+            _reset(sock)
+        return len(socks) // 2
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.mode == TCP_REFUSE:
+                self.connections_refused += 1
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            self.connections_seen += 1
+            with self._lock:
+                self._open.update((client, upstream))
+            thread = threading.Thread(
+                target=self._pump, args=(client, upstream), name="tcp-fault-pump", daemon=True
+            )
+            thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        peer = {client: upstream, upstream: client}
+        sel = selectors.DefaultSelector()
+        try:
+            for sock in peer:
+                sock.setblocking(False)
+                sel.register(sock, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for key, _ in sel.select(timeout=0.1):
+                    src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    try:
+                        data = src.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        return
+                    if self.mode == TCP_BLACKHOLE:
+                        self.bytes_dropped += len(data)
+                        continue
+                    peer[src].setblocking(True)
+                    peer[src].settimeout(5)
+                    peer[src].sendall(data)
+                    peer[src].setblocking(False)
+        except (OSError, ValueError):
+            return
+        finally:
+            sel.close()
+            with self._lock:
+                self._open.discard(client)
+                self._open.discard(upstream)
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.close()

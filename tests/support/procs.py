@@ -1,0 +1,348 @@
+"""Real processes for fault tests: start the CLI, kill -9 it, freeze it, wait for it.
+
+Fault tests drive the ingester as an operator would — a separate ``python -m ingest``
+process with a config file and ``INGEST_*`` variables — and then break it with signals.
+Everything here has a deadline; a helper that gives up says what it waited for and shows
+the tail of the process's output. Processes started here get a parent-death signal on
+Linux, so a test session that dies cannot leave a daemon behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import SecretStr
+
+from ingest.devstack import StackEndpoints, env_vars
+from ingest.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+#: ``python -m ingest``: works whether or not the package is installed into the venv.
+INGEST = (sys.executable, "-m", "ingest")
+BACKFILL = (sys.executable, "-m", "backfill")
+
+
+class WaitTimeout(AssertionError):
+    """``wait_for`` ran out of time; an AssertionError so pytest shows it as a failure."""
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout_s: float,
+    interval_s: float = 0.05,
+    *,
+    what: str = "condition",
+    on_timeout: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that value.
+
+    Raises :class:`WaitTimeout` naming ``what`` (plus ``on_timeout()``, e.g. a log tail)
+    after ``timeout_s``. Exceptions from the predicate propagate.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = ""
+            if on_timeout is not None:
+                extra = "\n" + on_timeout()
+            raise WaitTimeout(f"timed out after {timeout_s} s waiting for {what}{extra}")
+        time.sleep(interval_s)
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Proc:
+    """A started process with its output file."""
+
+    popen: subprocess.Popen[bytes]
+    args: list[str]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        """Everything the process wrote so far (stdout and stderr interleaved)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.output().splitlines()[-lines:]
+        return f"--- last {len(text)} lines of {self.log_path} (pid {self.pid}) ---\n" + "\n".join(
+            text
+        )
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """The output lines that parse as JSON objects (structured log events)."""
+        events = []
+        for raw in self.output().splitlines():
+            line = raw.strip()
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        events.append(event)
+        return events
+
+    def wait_output(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        """Wait until the output matches regex ``pattern``; fails early if the process exits."""
+        rx = re.compile(pattern)
+
+        def check() -> re.Match[str] | None:
+            match = rx.search(self.output())
+            if match is None and not self.alive():
+                raise WaitTimeout(
+                    f"process exited with {self.returncode} before printing {pattern!r}\n"
+                    + self.tail()
+                )
+            return match
+
+        return wait_for(check, timeout_s, what=f"output {pattern!r}", on_timeout=self.tail)
+
+    def wait_exit(self, timeout_s: float) -> int:
+        """Wait for the process to exit on its own; returns its exit code."""
+        try:
+            return self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise WaitTimeout(
+                f"process {self.pid} still running after {timeout_s} s\n" + self.tail()
+            ) from None
+
+
+def start_process(
+    args: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Proc:
+    """Start ``args`` with output (stdout + stderr) to ``log_path`` and stdin closed.
+
+    The child gets its own process group (so signals to it do not hit pytest) and dies
+    with the test session.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as out:
+        popen = subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+        )
+    return Proc(popen=popen, args=list(args), log_path=log_path)
+
+
+def stack_env(
+    endpoints: StackEndpoints | None = None,
+    *,
+    config: Path | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment for a CLI subprocess: ours + stack endpoints + config + ``extra``.
+
+    ``PYTHONPATH`` gets the repository root so ``python -m ingest`` works uninstalled;
+    Python output is unbuffered so logs reach the file before a kill -9.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    if endpoints is not None:
+        env.update(env_vars(endpoints))
+    if config is not None:
+        env["INGEST_CONFIG"] = str(config)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def start_cli(
+    *args: str,
+    settings: Settings | None = None,
+    workdir: Path,
+    name: str = "ingest",
+    command: Sequence[str] = INGEST,
+    extra_env: Mapping[str, str] | None = None,
+) -> Proc:
+    """Start ``python -m ingest <args>`` with ``settings`` written to ``workdir/<name>.toml``.
+
+    Output goes to ``workdir/<name>.log``. Without ``settings`` no config is written and
+    only ``extra_env`` and the ambient environment apply. Example::
+
+        proc = start_cli("run", "orders", settings=make_settings(), workdir=tmp_path)
+        proc.wait_output(r"partitions_assigned", timeout_s=20)
+        kill_9(proc)
+    """
+    config = None
+    if settings is not None:
+        config = workdir / f"{name}.toml"
+        write_config(settings, config)
+    env = stack_env(config=config, extra=extra_env)
+    return start_process([*command, *args], log_path=workdir / f"{name}.log", env=env, cwd=workdir)
+
+
+def run_cli(
+    *args: str,
+    settings: Settings | None = None,
+    workdir: Path,
+    name: str = "ingest-run",
+    timeout_s: float = 60.0,
+    command: Sequence[str] = INGEST,
+    extra_env: Mapping[str, str] | None = None,
+) -> tuple[int, str]:
+    """Run a CLI command to completion; returns (exit code, combined output)."""
+    proc = start_cli(
+        *args,
+        settings=settings,
+        workdir=workdir,
+        name=name,
+        command=command,
+        extra_env=extra_env,
+    )
+    try:
+        code = proc.wait_exit(timeout_s)
+    finally:
+        if proc.alive():
+            kill_9(proc)
+    return code, proc.output()
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def kill_9(proc: Proc) -> int:
+    """SIGKILL the process (no cleanup, no flush) and reap it; returns its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.popen.send_signal(signal.SIGKILL)
+    return proc.popen.wait(timeout=10)
+
+
+def sigstop(proc: Proc) -> None:
+    """Freeze the process (as a long GC pause or a stopped VM would)."""
+    proc.popen.send_signal(signal.SIGSTOP)
+
+
+def sigcont(proc: Proc) -> None:
+    """Resume a process frozen by :func:`sigstop`."""
+    proc.popen.send_signal(signal.SIGCONT)
+
+
+def send_signal(proc: Proc, sig: int) -> None:
+    proc.popen.send_signal(sig)
+
+
+def terminate_and_wait(proc: Proc, timeout_s: float = 30.0, *, sig: int = signal.SIGTERM) -> int:
+    """Ask the process to stop (SIGTERM by default) and wait; SIGKILL after ``timeout_s``.
+
+    Returns the exit code; a process that had to be killed raises :class:`WaitTimeout`
+    after being killed, since a clean shutdown was what the test expected.
+    """
+    if proc.popen.poll() is not None:
+        return proc.popen.returncode
+    with contextlib.suppress(ProcessLookupError):
+        proc.popen.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+        proc.popen.send_signal(sig)
+    try:
+        return proc.popen.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_9(proc)
+        raise WaitTimeout(
+            f"process {proc.pid} ignored signal {sig} for {timeout_s} s; killed\n" + proc.tail()
+        ) from None
+
+
+def stop_quietly(proc: Proc, timeout_s: float = 10.0) -> None:
+    """Teardown helper: SIGTERM, wait, SIGKILL — never raises."""
+    with contextlib.suppress(Exception):
+        terminate_and_wait(proc, timeout_s)
+    if proc.alive():
+        with contextlib.suppress(Exception):
+            kill_9(proc)
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """Settings as TOML that ``load_settings`` reads back to an equal object (secrets too)."""
+    data = settings.model_dump(by_alias=True, exclude_none=True)
+    lines: list[str] = []
+    for key, value in data.items():
+        if not isinstance(value, dict | list | tuple):
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{_toml_key(key)}]")
+            lines += [
+                f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+            ]
+    for key, value in data.items():
+        if isinstance(value, list | tuple):
+            for item in value:
+                lines.append(f"\n[[{_toml_key(key)}]]")
+                lines += [
+                    f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items() if v is not None
+                ]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """Write ``settings`` to ``path`` as TOML for a CLI subprocess (``INGEST_CONFIG``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(settings_to_toml(settings))
+    return path
