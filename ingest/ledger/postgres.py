@@ -182,7 +182,11 @@ class PostgresLedger:
             return apply_migrations(conn, self._schema, load_migrations())
 
     def grant_sql(self, role: str) -> list[str]:
-        """SQL giving ``role`` only what workers need; run it as the schema owner."""
+        """SQL giving ``role`` only what workers need; run it as the schema owner.
+
+        Pure (no I/O). Run it after :meth:`migrate`, and again after any migration that adds
+        a table or sequence: grants cover the objects that exist when they run.
+        """
         return [stmt.as_string() for stmt in grant_statements(self._schema, role)]
 
     # -- offsets ------------------------------------------------------------------------

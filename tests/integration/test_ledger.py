@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from pydantic import SecretStr
 
 from ingest.errors import ConfigError, FencedError, TransientError
 from ingest.ledger import OffsetCommit, PostgresLedger
@@ -52,8 +54,8 @@ def open_ledger(ledger_dsn: str, unique: str) -> Iterator[Callable[..., Postgres
     """Factory for ledgers on the test's schema (several = several processes' pools)."""
     opened: list[PostgresLedger] = []
 
-    def make(dsn: str | None = None, **kwargs: object) -> PostgresLedger:
-        ledger = PostgresLedger(dsn or ledger_dsn, unique, connect_timeout_s=5, **kwargs)  # type: ignore[arg-type]
+    def make(dsn: str | None = None, **kwargs: Any) -> PostgresLedger:
+        ledger = PostgresLedger(dsn or ledger_dsn, unique, connect_timeout_s=5, **kwargs)
         opened.append(ledger)
         return ledger
 
@@ -546,7 +548,7 @@ def test_grant_sql_gives_a_worker_role_enough_and_no_more(
 
 
 def test_from_settings(ledger_dsn: str, unique: str) -> None:
-    settings = LedgerSettings(dsn=ledger_dsn, schema=unique, connect_timeout_s=3)
+    settings = LedgerSettings(dsn=SecretStr(ledger_dsn), schema=unique, connect_timeout_s=3)
     with PostgresLedger.from_settings(settings) as led:
         assert led.schema == unique
         assert led.migrate() == ALL_VERSIONS
