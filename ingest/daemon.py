@@ -283,10 +283,10 @@ class StreamWorker:
 
     def _heartbeat(self) -> None:
         assert self.run_id is not None
-        counters: dict[str, int] = dict(self.totals.counts)
-        if self._router.dual_write_version is not None:
-            counters["dual_write_version"] = self._router.dual_write_version
-        self._ledger.heartbeat(self.run_id, counters)
+        # Flush counters are added in each ledger commit; the heartbeat carries gauges only.
+        gauges = {"dual_write_version": self._router.dual_write_version or 0}
+        if not self._ledger.heartbeat(self.run_id, gauges):
+            log.warning("run_marked_stale", run_id=self.run_id)
         if self._metrics and self._source is not None:
             for p, lag in self._source.lag().items():
                 self._metrics.lag(self.stream.name, p, lag)

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks behind ``make bench``: real embedded servers, measured figures."""

@@ -1,0 +1,47 @@
+"""``make bench``: every benchmark in one run on a freshly started embedded stack.
+
+Environment: BENCH_N (records for ceiling/end-to-end, default 40000), BENCH_BACKLOG
+(records for the peak-RSS drain, default 500000), BENCH_SKIP (comma list of sections).
+Results are printed and written to bench/results/*.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import pipeline
+from bench.common import embedded_stack, save
+
+
+def main() -> None:
+    n = int(os.environ.get("BENCH_N", "40000"))
+    backlog = int(os.environ.get("BENCH_BACKLOG", "500000"))
+    skip = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+    results: dict[str, Any] = {}
+    if "pipeline" not in skip:
+        results["pipeline"] = pipeline.run()
+        print("pipeline:", json.dumps(results["pipeline"]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp, embedded_stack(Path(tmp)) as endpoints:
+        if "endtoend" not in skip:
+            from bench import endtoend
+
+            results["endtoend"] = endtoend.run(endpoints, n=n, backlog=backlog)
+            print("endtoend:", json.dumps(results["endtoend"]), flush=True)
+        if "backfill" not in skip:
+            try:
+                from bench import backfill
+            except ImportError:
+                backfill = None  # type: ignore[assignment]
+            if backfill is not None:
+                results["backfill"] = backfill.run(endpoints, n=n)
+                print("backfill:", json.dumps(results["backfill"]), flush=True)
+    save("latest", results)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The streaming daemon end to end on the real broker, search server and PostgreSQL.
+
+Each test produces with the upstream producer library, runs ``ingest run`` as a real
+process, and checks the end state in the index, the dead-letter table and the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ingest.producer import run_produce
+from ingest.settings import Settings
+from tests.support.daemon import (
+    DaemonProcess,
+    caught_up,
+    dead_letter_offsets,
+    end_offsets,
+    index_versions,
+    ledger_offsets,
+    stream_runs,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_duplicates_and_corrupt_payloads_converge_to_exact_state(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Unique valid ids at their newest versions; every corrupt record dead-lettered once."""
+    settings = make_settings(partitions=3)
+    summary = run_produce(
+        settings, "orders", 600, seed=7, invalid_ratio=0.05, duplicate_ratio=0.2
+    )
+    assert summary.failed == 0 and summary.invalid > 0
+    ends = end_offsets(settings)
+    assert sum(ends.values()) == summary.sent
+
+    daemon = DaemonProcess(write_config(settings, tmp_path / "c.toml"), tmp_path / "d.log")
+    try:
+        wait_for(caught_up(settings, ends), 120, "the ledger to reach the end offsets")
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.output()
+
+    assert index_versions(settings) == summary.expected
+    assert len(dead_letter_offsets(settings)) == summary.invalid
+    assert ledger_offsets(settings) == {p: e for p, e in ends.items() if e > 0}
+
+
+def test_restart_resumes_where_the_ledger_says(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A second run after a clean stop reads only what was produced since (PITFALLS #5)."""
+    settings = make_settings(partitions=2)
+    config = write_config(settings, tmp_path / "c.toml")
+    first = run_produce(settings, "orders", 200, seed=1)
+    ends = end_offsets(settings)
+    daemon = DaemonProcess(config, tmp_path / "d1.log")
+    try:
+        wait_for(caught_up(settings, ends), 120, "first catch-up")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+
+    second = run_produce(settings, "orders", 100, seed=2)
+    ends = end_offsets(settings)
+    daemon = DaemonProcess(config, tmp_path / "d2.log")
+    try:
+        wait_for(caught_up(settings, ends), 120, "second catch-up")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    last_run = stream_runs(settings)[0]
+    assert last_run.counters["consumed"] == 100
+    assert last_run.status == "stopped"
+    assert index_versions(settings) == {**first.expected, **second.expected}

@@ -1,0 +1,159 @@
+"""Running the real ``ingest run`` daemon as a subprocess, and reading the end state.
+
+Fault tests need real processes (kill -9, SIGSTOP), so the daemon runs from the venv's
+``ingest`` script with a TOML file written from the test's Settings. The end state is read
+from the real ledger and the real search server, never from the daemon's own word.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ingest.ledger import PostgresLedger
+from ingest.search import connect_search
+from ingest.settings import Settings
+from ingest.source import KafkaRangeReader
+
+INGEST = str(Path(sys.executable).with_name("ingest"))
+
+
+def settings_to_toml(settings: Settings) -> dict[str, Any]:
+    """The TOML document that loads back into ``settings`` (secrets included, test only)."""
+    data = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["ledger"]["dsn"] = settings.ledger.dsn.get_secret_value()
+    for key in ("password", "api_key", "bearer_token"):
+        value = getattr(settings.search, key)
+        if value is not None:
+            data["search"][key] = value.get_secret_value()
+    return data
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    path.write_text(tomli_w.dumps(settings_to_toml(settings)))
+    return path
+
+
+class DaemonProcess:
+    """One ``ingest run`` subprocess with its output captured to a file."""
+
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.log_path = log_path
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+        full_env.update(env or {})
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [INGEST, "run", "--config", str(config), *extra_args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM and wait; the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        finally:
+            if self.alive():
+                self.proc.kill()
+                self.proc.wait(10)
+            self._log.close()
+        return code
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25
+) -> None:
+    """Poll ``predicate`` until true; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def end_offsets(settings: Settings) -> dict[int, int]:
+    stream = settings.streams[0]
+    reader = KafkaRangeReader(settings)
+    return reader.end_offsets(stream.topic, reader.partitions(stream.topic))
+
+
+def ledger_offsets(settings: Settings) -> dict[int, int]:
+    from ingest.daemon import group_id_for
+
+    stream = settings.streams[0]
+    with PostgresLedger.from_settings(settings.ledger) as ledger:
+        ledger.migrate()
+        return ledger.offsets(group_id_for(settings, stream), stream.topic)
+
+
+def caught_up(settings: Settings, ends: Mapping[int, int]) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            got = ledger_offsets(settings)
+        except Exception:
+            return False
+        return all(got.get(p, 0) >= end for p, end in ends.items() if end > 0)
+
+    return check
+
+
+def index_versions(settings: Settings, index: str | None = None) -> dict[str, int]:
+    """Document id -> external version, as searchable now in the alias (or ``index``)."""
+    client = connect_search(settings.search)
+    try:
+        target = index or settings.streams[0].alias
+        client.refresh(target)
+        return {hit["_id"]: int(hit["_version"]) for hit in client.scan(target)}
+    finally:
+        client.close()
+
+
+def dead_letter_offsets(settings: Settings) -> list[tuple[int, int]]:
+    """(partition, offset) of every stored dead letter of the test's stream."""
+    with PostgresLedger.from_settings(settings.ledger) as ledger:
+        ledger.migrate()
+        rows = ledger.dead_letters(stream=settings.streams[0].name, limit=1_000_000)
+    return sorted((row.partition, row.offset) for row in rows)
+
+
+def stream_runs(settings: Settings) -> list[Any]:
+    """The stream's daemon runs in the ledger, newest first."""
+    with PostgresLedger.from_settings(settings.ledger) as ledger:
+        ledger.migrate()
+        return ledger.runs("stream", stream=settings.streams[0].name)
