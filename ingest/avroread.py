@@ -8,8 +8,9 @@ faster. It produces exactly what ``fastavro.schemaless_reader`` gives for the sa
 unit tests compare the two on generated records.
 
 It reads with the *writer's* schema only: schema resolution (a v1 record read as v2) stays
-with fastavro. Malformed input raises ``ValueError``/``IndexError``/``struct.error``/
-``UnicodeDecodeError``; the codec wraps them into :class:`~ingest.errors.DecodeError`.
+with fastavro. Malformed input raises :class:`ReadFailure` carrying the byte offset and the original
+exception (``IndexError`` past the end, ``UnicodeDecodeError``, ...); the codec turns it
+into a :class:`~ingest.errors.DecodeError`.
 Counts and lengths are checked against the bytes that remain, so a hostile length prefix
 cannot make it allocate or loop without bound.
 """
@@ -27,6 +28,15 @@ from fastavro._logical_readers_py import LOGICAL_READERS
 
 #: ``read(buf, pos)`` -> (decoded value, position after it).
 Reader = Callable[[bytes, int], tuple[Any, int]]
+
+
+class ReadFailure(ValueError):
+    """The input does not decode; ``offset`` is where the value being read started."""
+
+    def __init__(self, offset: int, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.offset = offset
+        self.cause = cause
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _MAX_ZERO_SIZE_ITEMS = 1_000_000
@@ -50,6 +60,7 @@ class _Gen:
             "_from_bytes": int.from_bytes,
             "_Decimal": decimal.Decimal,
             "_MAX_ZERO": _MAX_ZERO_SIZE_ITEMS,
+            "_ReadFailure": ReadFailure,
         }
         self.named: dict[str, Any] = {}
         self.functions: dict[str, list[str]] = {}
@@ -313,10 +324,16 @@ class _Gen:
         if fn not in self.functions:
             self.functions[fn] = []
             body: list[str] = []
-            self.record(self.named[name], body, "    ", "result", ())
+            self.record(self.named[name], body, "        ", "result", ())
+            # Exceptions carry the position reached; try blocks cost nothing in 3.11+.
             self.functions[fn] = [
                 f"def {fn}(buf, pos, end):",
+                "    try:",
                 *body,
+                "    except _ReadFailure:",
+                "        raise",
+                "    except Exception as exc:",
+                "        raise _ReadFailure(pos, exc) from exc",
                 "    return result, pos",
             ]
         return fn
