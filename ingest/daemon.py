@@ -331,6 +331,7 @@ class Daemon:
                     self.settings.runtime.metrics_port,
                     self.metrics,
                     self.health,
+                    host=self.settings.runtime.metrics_host,
                     max_retry_stuck_s=min(60.0, self.settings.runtime.max_retry_s / 2),
                 )
                 log.info("metrics_listening", port=server.port)

@@ -195,6 +195,8 @@ class RuntimeSettings(_Frozen):
     #: How often a daemon looks in the ledger for an index version being built.
     index_poll_s: float = Field(default=2.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Loopback by default; ``0.0.0.0`` in a container so probes and Prometheus reach it.
+    metrics_host: str = "127.0.0.1"
 
 
 class Settings(_Frozen):
