@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,12 +44,18 @@ class HealthSnapshot:
 
     started_at: float
     connected: bool
-    retrying_since: float | None
+    #: stream ("" when the caller gives none) -> start of its current retry loop
+    retrying: Mapping[str, float]
     last_flush_at: float | None
     last_progress_at: float | None
     last_beat_at: float | None
     shutting_down: bool
     exited: str | None
+
+    @property
+    def retrying_since(self) -> float | None:
+        """Start of the longest-running retry loop of any stream, or None."""
+        return min(self.retrying.values(), default=None)
 
 
 class Health:
@@ -60,6 +66,9 @@ class Health:
     loop, :meth:`flushed` after each successful flush (which also ends a retry), and
     optionally :meth:`beat` once per iteration so ``/healthz`` can notice a wedged loop.
     None of these block beyond a short lock.
+
+    Retry state is kept per ``stream`` (default ``""``) so that, with one worker thread per
+    stream, a flush on one stream does not hide another stream stuck in retry.
     """
 
     def __init__(self, *, clock: Clock = time.monotonic) -> None:
@@ -67,7 +76,7 @@ class Health:
         self._lock = threading.Lock()
         self._started_at = clock()
         self._connected = False
-        self._retrying_since: float | None = None
+        self._retrying: dict[str, float] = {}
         self._last_flush_at: float | None = None
         self._last_progress_at: float | None = None
         self._last_beat_at: float | None = None
@@ -93,18 +102,17 @@ class Health:
         with self._lock:
             self._connected = connected
 
-    def retry_started(self, now: float | None = None) -> None:
+    def retry_started(self, now: float | None = None, *, stream: str = "") -> None:
         """A transient failure is being retried; repeated calls keep the first start time,
         so the stuck duration covers the whole retry loop."""
         now = self._now(now)
         with self._lock:
-            if self._retrying_since is None:
-                self._retrying_since = now
+            self._retrying.setdefault(stream, now)
 
-    def retry_ended(self) -> None:
-        """The retry loop is over (it succeeded, or the daemon is stopping)."""
+    def retry_ended(self, *, stream: str = "") -> None:
+        """The stream's retry loop is over (it succeeded, or the daemon is stopping)."""
         with self._lock:
-            self._retrying_since = None
+            self._retrying.pop(stream, None)
 
     def progressed(self, now: float | None = None) -> None:
         """Records moved forward (consumed, dead-lettered, or a flush completed)."""
@@ -112,13 +120,13 @@ class Health:
         with self._lock:
             self._last_progress_at = now
 
-    def flushed(self, now: float | None = None) -> None:
-        """A flush completed: sink written, ledger committed. Ends any retry."""
+    def flushed(self, now: float | None = None, *, stream: str = "") -> None:
+        """A flush of ``stream`` completed (sink written, ledger committed): ends its retry."""
         now = self._now(now)
         with self._lock:
             self._last_flush_at = now
             self._last_progress_at = now
-            self._retrying_since = None
+            self._retrying.pop(stream, None)
 
     def beat(self, now: float | None = None) -> None:
         """The processing loop completed an iteration (idle or not)."""
@@ -140,8 +148,9 @@ class Health:
 
     @property
     def retrying_since(self) -> float | None:
+        """Start of the longest-running retry loop of any stream, or None."""
         with self._lock:
-            return self._retrying_since
+            return min(self._retrying.values(), default=None)
 
     @property
     def last_flush_at(self) -> float | None:
@@ -159,7 +168,7 @@ class Health:
             return HealthSnapshot(
                 started_at=self._started_at,
                 connected=self._connected,
-                retrying_since=self._retrying_since,
+                retrying=dict(self._retrying),
                 last_flush_at=self._last_flush_at,
                 last_progress_at=self._last_progress_at,
                 last_beat_at=self._last_beat_at,
@@ -191,10 +200,12 @@ class Health:
             return False, "shutting down"
         if not s.connected:
             return False, "not connected"
-        if s.retrying_since is not None:
-            stuck_s = now - s.retrying_since
+        if s.retrying:
+            stream, since = min(s.retrying.items(), key=lambda item: item[1])
+            stuck_s = now - since
             if stuck_s > max_retry_stuck_s:
-                return False, f"retrying for {stuck_s:.1f}s (limit {max_retry_stuck_s:g}s)"
+                where = f" on stream {stream}" if stream else ""
+                return False, f"retrying{where} for {stuck_s:.1f}s (limit {max_retry_stuck_s:g}s)"
         if s.last_flush_at is None:
             return True, "ok: no flush yet"
         return True, f"ok: last flush {now - s.last_flush_at:.1f}s ago"

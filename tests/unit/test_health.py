@@ -98,6 +98,23 @@ def test_retry_keeps_first_start() -> None:
     assert h.ready(131.0, max_retry_stuck_s=30)[0] is False
 
 
+def test_retry_state_is_per_stream() -> None:
+    """A flush on one stream does not hide another stream stuck in retry."""
+    h = Health()
+    h.set_connected(True)
+    h.retry_started(100.0, stream="orders")
+    h.retry_started(110.0, stream="users")
+    h.flushed(120.0, stream="users")
+    assert h.snapshot().retrying == {"orders": 100.0}
+    assert h.ready(140.0, max_retry_stuck_s=30) == (
+        False,
+        "retrying on stream orders for 40.0s (limit 30s)",
+    )
+    h.retry_ended(stream="orders")
+    assert h.retrying_since is None
+    assert h.ready(140.0, max_retry_stuck_s=30)[0] is True
+
+
 def test_flush_records_progress() -> None:
     """flushed() sets last flush and progress; progressed() moves progress only."""
     h = Health()
