@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -51,6 +52,13 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Batch sizes around the 1,000-5,000 docs Elasticsearch recommends per bulk.
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 50000)
+
+
+class _Common(TypedDict):
+    """Arguments every metric of one :class:`Metrics` shares."""
+
+    namespace: str
+    registry: CollectorRegistry
 
 
 @dataclass
@@ -84,88 +92,56 @@ class Metrics:
         if process_metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
-        reg, ns = self.registry, namespace
-        self._consumed = Counter(
-            "records_consumed", "Records read from Kafka.", ["stream"], namespace=ns, registry=reg
-        )
+        kw: _Common = {"namespace": namespace, "registry": self.registry}
+        stream = ["stream"]
+        self._consumed = Counter("records_consumed", "Records read from Kafka.", stream, **kw)
         self._indexed = Counter(
-            "records_indexed",
-            "Documents created or updated in the search index.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
+            "records_indexed", "Documents created or updated in the search index.", stream, **kw
         )
-        self._deleted = Counter(
-            "records_deleted",
-            "Tombstones applied as deletes.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
-        )
+        self._deleted = Counter("records_deleted", "Tombstones applied as deletes.", stream, **kw)
         self._dead = Counter(
             "records_dead_lettered",
             "Records sent to the dead-letter store, by the pipeline stage that refused them.",
             ["stream", "stage"],
-            namespace=ns,
-            registry=reg,
+            **kw,
         )
         self._conflicts = Counter(
             "conflicts",
             "Version conflicts (409): the index already holds this or a newer version.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
+            stream,
+            **kw,
         )
-        self._retries = Counter(
-            "retries",
-            "Retry attempts after transient failures.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
-        )
+        self._retries = Counter("retries", "Retry attempts after transient failures.", stream, **kw)
         self._latency = Histogram(
             "bulk_latency_seconds",
             "Wall time of one flush's bulk write, retries included.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
+            stream,
             buckets=LATENCY_BUCKETS_S,
+            **kw,
         )
         self._batch = Histogram(
-            "batch_size_records",
-            "Records per flushed batch.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
-            buckets=BATCH_BUCKETS,
+            "batch_size_records", "Records per flushed batch.", stream, buckets=BATCH_BUCKETS, **kw
         )
         self._lag = Gauge(
             "lag_records",
             "High watermark minus the next offset to read, per partition.",
             ["stream", "partition"],
-            namespace=ns,
-            registry=reg,
+            **kw,
         )
         self._buffered = Gauge(
             "buffered_bytes",
-            "Bytes of fetched records held in memory and not yet flushed.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
+            "Bytes of fetched records held in memory, not yet flushed.",
+            stream,
+            **kw,
         )
         self._last_flush = Gauge(
             "last_flush_timestamp_seconds",
             "Unix time of the last successful flush.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
+            stream,
+            **kw,
         )
         self._in_retry = Gauge(
-            "in_retry",
-            "1 while a transient failure is being retried, else 0.",
-            ["stream"],
-            namespace=ns,
-            registry=reg,
+            "in_retry", "1 while a transient failure is being retried, else 0.", stream, **kw
         )
         self._streams: dict[str, _StreamChildren] = {}
         self._lock = threading.Lock()
