@@ -442,7 +442,7 @@ def _click_problems(argv: list[str]) -> list[str]:
         if token.startswith("--"):
             name = token.split("=", 1)[0]
             option = next(
-                (p for p in command.params if name in p.opts or name in p.secondary_opts),
+                (p for p in command.get_params(ctx) if name in p.opts or name in p.secondary_opts),
                 None,
             )
             if option is None:
