@@ -1,0 +1,227 @@
+"""``ingest status`` rendering and its JSON shape, from hand-built reports (no servers)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rich.console import Console
+
+import ingest.cli  # noqa: F401  (registers the commands first: ingest.commands.* import it)
+from ingest.commands.dlq import hex_dump, parse_ids, parse_when
+from ingest.commands.status import age, render_status
+from ingest.status import (
+    ChunkSummary,
+    DeadLetterCount,
+    IndexVersionStatus,
+    PartitionStatus,
+    ProcessStatus,
+    RunOutcome,
+    StatusReport,
+)
+
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _report() -> StatusReport:
+    return StatusReport(
+        generated_at=NOW,
+        ledger_schema="ingest",
+        heartbeat_s=5.0,
+        partitions=[
+            PartitionStatus(
+                "orders", "orders", "ingest.orders", 0, 1200, 1500, 300, NOW, "h:1:orders", 3
+            ),
+            PartitionStatus(
+                "orders", "orders", "ingest.orders", 1, 12345678, 12345678, 0, NOW, "h:1:orders", 3
+            ),
+            PartitionStatus("orders", "orders", "ingest.orders", 2, 90, 10, -80, NOW, None, 1),
+            PartitionStatus("orders", "orders", "ingest.orders", 3, None, 7, None, None, None, None),
+        ],
+        processes=[
+            ProcessStatus(
+                7, "stream", "orders", "h", 1, NOW, NOW - timedelta(seconds=2), 2.0, False, {}
+            ),
+            ProcessStatus(
+                8,
+                "backfill",
+                "orders",
+                "h",
+                2,
+                NOW,
+                NOW - timedelta(minutes=5),
+                300.0,
+                True,
+                {"indexed": 10},
+            ),
+        ],
+        dead_letters=[DeadLetterCount("orders", "decode", 4)],
+        index_versions=[
+            IndexVersionStatus("orders", 1, "orders-v1", "retired", NOW, NOW),
+            IndexVersionStatus("orders", 2, "orders-v2", "live", NOW, NOW),
+        ],
+        recent_runs=[
+            RunOutcome(9, "reindex", "orders", "failed", NOW, NOW, {}, "mapping conflict"),
+        ],
+        chunks=[ChunkSummary("orders", "KafkaRangeChunk", 1, 0, 5, 2, NOW, "boom")],
+        problems=["run 8 (backfill orders on h pid 2) has not sent a heartbeat for 300s"],
+    )
+
+
+def _render(report: StatusReport) -> str:
+    buf = io.StringIO()
+    render_status(report, Console(file=buf, width=200, color_system=None, highlight=False))
+    return buf.getvalue()
+
+
+def test_partition_numbers_are_right_aligned_in_one_column() -> None:
+    """Offsets of different widths end in the same column, so lag can be read at a glance."""
+    lines = _render(_report()).splitlines()
+    small = next(line for line in lines if " 1,200 " in line)
+    big = next(line for line in lines if " 12,345,678 " in line)
+    assert small.index("1,200") + len("1,200") == big.index("12,345,678") + len("12,345,678")
+
+
+def test_stale_process_marked_and_problems_listed() -> None:
+    """A process past its heartbeat window shows STALE and the problem is spelled out."""
+    text = _render(_report())
+    stale_line = next(line for line in text.splitlines() if "backfill" in line and "h:2" in line)
+    ok_line = next(line for line in text.splitlines() if "stream" in line and "h:1" in line)
+    assert "STALE" in stale_line
+    assert "STALE" not in ok_line
+    assert "has not sent a heartbeat for 300s" in text
+    assert "no problems found" not in text
+
+
+def test_unknown_values_render_as_dash_and_negative_lag_shows() -> None:
+    text = _render(_report())
+    part3 = next(line for line in text.splitlines() if "│ 3 " in line or "  3 " in line)
+    assert part3.count(" - ") >= 2
+    assert "-80" in text
+
+
+def test_every_section_is_rendered() -> None:
+    text = _render(_report())
+    for title in (
+        "partitions",
+        "running processes",
+        "dead letters (not replayed)",
+        "index versions",
+        "recent backfill/reindex/replay runs",
+        "backfill chunks",
+    ):
+        assert title in text
+    assert "orders-v2" in text and "live" in text
+    assert "mapping conflict" in text
+    assert "KafkaRangeChunk" in text
+
+
+def test_empty_report_says_so_in_one_line_each() -> None:
+    text = _render(StatusReport(generated_at=NOW, ledger_schema="x", heartbeat_s=5))
+    assert "processes: none running" in text
+    assert "dead letters: none waiting" in text
+    assert "no problems found" in text
+
+
+def test_json_has_stable_keys_and_iso_times() -> None:
+    """Scripts rely on these keys; changing them needs a JSON_VERSION bump."""
+    data = json.loads(json.dumps(_report().to_json()))
+    assert set(data) == {
+        "version",
+        "generated_at",
+        "ledger_schema",
+        "heartbeat_s",
+        "partitions",
+        "processes",
+        "dead_letters",
+        "index_versions",
+        "recent_runs",
+        "chunks",
+        "problems",
+    }
+    assert data["version"] == 1
+    assert data["generated_at"] == "2025-03-01T12:00:00Z"
+    assert set(data["partitions"][0]) == {
+        "stream",
+        "topic",
+        "group",
+        "partition",
+        "next_offset",
+        "high_watermark",
+        "lag",
+        "last_flush",
+        "owner",
+        "generation",
+    }
+    assert data["partitions"][3]["next_offset"] is None
+    assert set(data["processes"][0]) == {
+        "run_id",
+        "kind",
+        "stream",
+        "host",
+        "pid",
+        "started_at",
+        "heartbeat_at",
+        "heartbeat_age_s",
+        "stale",
+        "counters",
+    }
+    assert data["processes"][1]["stale"] is True
+    assert data["dead_letters"] == [{"stream": "orders", "stage": "decode", "count": 4}]
+    assert data["chunks"][0]["failed"] == 2
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(0, "0s"), (59, "59s"), (60, "1m"), (3599, "59m"), (7200, "2h"), (3 * 86400, "3d")],
+)
+def test_age(seconds: int, expected: str) -> None:
+    assert age(NOW - timedelta(seconds=seconds), NOW) == expected
+
+
+def test_age_unknown_and_future() -> None:
+    assert age(None, NOW) == "-"
+    assert age(NOW + timedelta(seconds=30), NOW) == "0s"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2025-01-31", datetime(2025, 1, 31, tzinfo=UTC)),
+        ("2025-01-31T12:30:00Z", datetime(2025, 1, 31, 12, 30, tzinfo=UTC)),
+        ("2025-01-31T12:30:00+02:00", datetime(2025, 1, 31, 10, 30, tzinfo=UTC)),
+        ("7d", NOW - timedelta(days=7)),
+        ("90m", NOW - timedelta(minutes=90)),
+    ],
+)
+def test_parse_when(text: str, expected: datetime) -> None:
+    assert parse_when(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "7 days", "-3d", "2025-13-01"])
+def test_parse_when_refuses_garbage(text: str) -> None:
+    import click
+
+    with pytest.raises(click.BadParameter):
+        parse_when(text, now=NOW)
+
+
+def test_parse_ids() -> None:
+    import click
+
+    assert parse_ids(None) is None
+    assert parse_ids("3, 1,2") == [3, 1, 2]
+    for bad in ("a,b", "", "0", "-1"):
+        with pytest.raises(click.BadParameter):
+            parse_ids(bad)
+
+
+def test_hex_dump_layout_and_limit() -> None:
+    lines = hex_dump(bytes(range(40)), limit=32)
+    assert lines[0].startswith("00000000  00 01 02")
+    assert lines[1].startswith("00000010  10 11")
+    assert lines[0].endswith("|................|")
+    assert lines[-1] == "... 8 more bytes (use --full)"
+    assert hex_dump(b"AB\x00", limit=None) == [f"00000000  {'41 42 00':<47}  |AB.|"]
