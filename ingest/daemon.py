@@ -244,7 +244,7 @@ class StreamWorker:
             self._source.commit(next_offsets)
         self.totals.add(outcome)
         if self._health:
-            self._health.flushed()
+            self._health.flushed(stream=self.stream.name)
         if self._metrics:
             self._metrics.flushed(
                 self.stream.name,
@@ -267,7 +267,7 @@ class StreamWorker:
 
     def _on_retry(self, event: RetryEvent) -> None:
         if self._health:
-            self._health.retry_started(event.started_at)
+            self._health.retry_started(event.started_at, stream=self.stream.name)
         if self._metrics:
             self._metrics.retry(self.stream.name)
         log.warning(
@@ -334,7 +334,6 @@ class Daemon:
                     host=self.settings.runtime.metrics_host,
                     max_retry_stuck_s=min(60.0, self.settings.runtime.max_retry_s / 2),
                 )
-                log.info("metrics_listening", port=server.port)
             try:
                 if not self._run_threads(components):
                     return 1
@@ -381,6 +380,7 @@ class Daemon:
             worker.run()
         except FatalError as exc:
             log.error("stream_failed", stream=stream.name, error=str(exc))
+            self.health.loop_exited(str(exc))
             self.errors.append(exc)
             self.stop.set()
         except Exception as exc:
