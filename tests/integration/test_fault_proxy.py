@@ -224,7 +224,7 @@ def test_tcp_proxy_in_front_of_postgres(ledger_dsn: str) -> None:
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(dsn)
         assert time.monotonic() - started < 5
-        assert tcp.bytes_dropped > 0
+        assert tcp.connections_held >= 1
 
         tcp.pass_through()
         with psycopg.connect(dsn) as again:

@@ -561,13 +561,22 @@ def _reset(sock: socket.socket) -> None:
         sock.close()
 
 
+def _abort(sock: socket.socket) -> None:
+    """Make a socket another thread is using fail now; that thread closes it (with RST)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class TcpFaultProxy:
     """A TCP relay on 127.0.0.1 in front of ``(host, port)`` that can misbehave.
 
-    Modes: ``pass_through()``; ``blackhole()`` — connections stay open, bytes are read
-    and dropped both ways, nothing is answered (a hung server or a silent network);
-    ``refuse()`` — new connections are reset at once. ``drop_connections()`` resets every
-    open connection now, whatever the mode.
+    Modes: ``pass_through()``; ``blackhole()`` — a network partition: connections stay
+    open (new ones are accepted but not relayed), nothing moves either way and nothing is
+    lost; ``pass_through()`` heals it and the held bytes flow on, as TCP retransmission
+    would deliver them. ``refuse()`` — new connections are reset at once.
+    ``drop_connections()`` resets every open connection now, whatever the mode.
 
     For Kafka the broker must advertise the proxy's address, otherwise clients reconnect
     straight to the broker after the first metadata request.
@@ -578,10 +587,12 @@ class TcpFaultProxy:
         self.mode = TCP_PASS
         self.connections_seen = 0
         self.connections_refused = 0
-        self.bytes_dropped = 0
+        #: Connections that met the blackhole (held while the partition lasted).
+        self.connections_held = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._open: set[socket.socket] = set()
+        #: client socket -> upstream socket (None until the upstream connection exists).
+        self._links: dict[socket.socket, socket.socket | None] = {}
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -632,13 +643,15 @@ class TcpFaultProxy:
         self.mode = TCP_REFUSE
 
     def drop_connections(self) -> int:
-        """Reset every open connection (both sides); returns how many client links dropped."""
+        """Reset every open connection (both sides); returns how many were dropped."""
         with self._lock:
-            socks = list(self._open)
-            self._open.clear()
-        for sock in socks:
-            _reset(sock)
-        return len(socks) // 2
+            links = list(self._links.items())
+            self._links.clear()
+        for client, upstream in links:
+            _abort(client)
+            if upstream is not None:
+                _abort(upstream)
+        return len(links)
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
@@ -652,20 +665,42 @@ class TcpFaultProxy:
                 self.connections_refused += 1
                 _reset(client)
                 continue
-            try:
-                upstream = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                _reset(client)
-                continue
             self.connections_seen += 1
             with self._lock:
-                self._open.update((client, upstream))
+                self._links[client] = None
             thread = threading.Thread(
-                target=self._pump, args=(client, upstream), name="tcp-fault-pump", daemon=True
+                target=self._connect_and_pump, args=(client,), name="tcp-fault-pump", daemon=True
             )
             thread.start()
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
+
+    def _hold(self) -> bool:
+        """Wait out a blackhole; False if the proxy is closing."""
+        while self.mode == TCP_BLACKHOLE:
+            if self._stopping.wait(0.02):
+                return False
+        return not self._stopping.is_set()
+
+    def _connect_and_pump(self, client: socket.socket) -> None:
+        if self.mode == TCP_BLACKHOLE:
+            self.connections_held += 1
+        upstream = None
+        if self._hold():
+            with contextlib.suppress(OSError):
+                upstream = socket.create_connection(self.upstream, timeout=5)
+        with self._lock:
+            linked = upstream is not None and client in self._links
+            if linked:
+                self._links[client] = upstream
+            else:
+                self._links.pop(client, None)
+        if not linked or upstream is None:  # closing, dropped meanwhile or upstream down
+            _reset(client)
+            if upstream is not None:
+                _reset(upstream)
+            return
+        self._pump(client, upstream)
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
         peer = {client: upstream, upstream: client}
@@ -675,7 +710,11 @@ class TcpFaultProxy:
                 sock.setblocking(False)
                 sel.register(sock, selectors.EVENT_READ)
             while not self._stopping.is_set():
-                for key, _ in sel.select(timeout=0.1):
+                if self.mode == TCP_BLACKHOLE:
+                    self.connections_held += 1
+                    if not self._hold():
+                        return
+                for key, _ in sel.select(timeout=0.05):
                     src: socket.socket = key.fileobj  # type: ignore[assignment]
                     try:
                         data = src.recv(65536)
@@ -683,9 +722,6 @@ class TcpFaultProxy:
                         continue
                     if not data:
                         return
-                    if self.mode == TCP_BLACKHOLE:
-                        self.bytes_dropped += len(data)
-                        continue
                     peer[src].setblocking(True)
                     peer[src].settimeout(5)
                     peer[src].sendall(data)
@@ -695,8 +731,7 @@ class TcpFaultProxy:
         finally:
             sel.close()
             with self._lock:
-                self._open.discard(client)
-                self._open.discard(upstream)
+                self._links.pop(client, None)
             for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.close()

@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import psutil
 from pydantic import SecretStr
 
 from ingest.devstack import StackEndpoints, env_vars
@@ -244,54 +245,80 @@ def run_cli(
 # --------------------------------------------------------------------------- signals
 
 
-def kill_9(proc: Proc) -> int:
-    """SIGKILL the process (no cleanup, no flush) and reap it; returns its exit code."""
+class Target(Protocol):
+    """A :class:`Proc` or an :class:`ingest.devstack.Component` (a server we started)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes] | None: ...
+
+
+def _wait(target: Target, timeout_s: float) -> int:
+    """Wait for exit and reap; returns the exit code (negative: killed by that signal)."""
+    if target.popen is not None:
+        return target.popen.wait(timeout=timeout_s)
+    try:
+        code = psutil.Process(target.pid).wait(timeout=timeout_s)
+    except psutil.NoSuchProcess:
+        return 0
+    return code if code is not None else 0
+
+
+def _send(target: Target, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
-        proc.popen.send_signal(signal.SIGKILL)
-    return proc.popen.wait(timeout=10)
+        os.kill(target.pid, sig)
 
 
-def sigstop(proc: Proc) -> None:
+def kill_9(target: Target) -> int:
+    """SIGKILL the process (no cleanup, no flush) and reap it; returns its exit code."""
+    _send(target, signal.SIGKILL)
+    return _wait(target, 10)
+
+
+def sigstop(target: Target) -> None:
     """Freeze the process (as a long GC pause or a stopped VM would)."""
-    proc.popen.send_signal(signal.SIGSTOP)
+    _send(target, signal.SIGSTOP)
 
 
-def sigcont(proc: Proc) -> None:
+def sigcont(target: Target) -> None:
     """Resume a process frozen by :func:`sigstop`."""
-    proc.popen.send_signal(signal.SIGCONT)
+    _send(target, signal.SIGCONT)
 
 
-def send_signal(proc: Proc, sig: int) -> None:
-    proc.popen.send_signal(sig)
+def send_signal(target: Target, sig: int) -> None:
+    _send(target, sig)
 
 
-def terminate_and_wait(proc: Proc, timeout_s: float = 30.0, *, sig: int = signal.SIGTERM) -> int:
+def terminate_and_wait(
+    target: Target, timeout_s: float = 30.0, *, sig: int = signal.SIGTERM
+) -> int:
     """Ask the process to stop (SIGTERM by default) and wait; SIGKILL after ``timeout_s``.
 
     Returns the exit code; a process that had to be killed raises :class:`WaitTimeout`
     after being killed, since a clean shutdown was what the test expected.
     """
-    if proc.popen.poll() is not None:
-        return proc.popen.returncode
-    with contextlib.suppress(ProcessLookupError):
-        proc.popen.send_signal(signal.SIGCONT)  # a stopped process cannot handle SIGTERM
-        proc.popen.send_signal(sig)
+    if target.popen is not None and target.popen.poll() is not None:
+        return target.popen.returncode
+    _send(target, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+    _send(target, sig)
     try:
-        return proc.popen.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        kill_9(proc)
+        return _wait(target, timeout_s)
+    except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
+        kill_9(target)
+        tail = target.tail() if isinstance(target, Proc) else ""
         raise WaitTimeout(
-            f"process {proc.pid} ignored signal {sig} for {timeout_s} s; killed\n" + proc.tail()
+            f"process {target.pid} ignored signal {sig} for {timeout_s} s; killed\n" + tail
         ) from None
 
 
-def stop_quietly(proc: Proc, timeout_s: float = 10.0) -> None:
+def stop_quietly(target: Target, timeout_s: float = 10.0) -> None:
     """Teardown helper: SIGTERM, wait, SIGKILL — never raises."""
     with contextlib.suppress(Exception):
-        terminate_and_wait(proc, timeout_s)
-    if proc.alive():
-        with contextlib.suppress(Exception):
-            kill_9(proc)
+        terminate_and_wait(target, timeout_s)
+    with contextlib.suppress(Exception):
+        kill_9(target)
 
 
 # --------------------------------------------------------------------------- config files
