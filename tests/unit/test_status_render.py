@@ -38,7 +38,9 @@ def _report() -> StatusReport:
                 "orders", "orders", "ingest.orders", 1, 12345678, 12345678, 0, NOW, "h:1:orders", 3
             ),
             PartitionStatus("orders", "orders", "ingest.orders", 2, 90, 10, -80, NOW, None, 1),
-            PartitionStatus("orders", "orders", "ingest.orders", 3, None, 7, None, None, None, None),
+            PartitionStatus(
+                "orders", "orders", "ingest.orders", 3, None, 7, None, None, None, None
+            ),
         ],
         processes=[
             ProcessStatus(
@@ -225,3 +227,144 @@ def test_hex_dump_layout_and_limit() -> None:
     assert lines[0].endswith("|................|")
     assert lines[-1] == "... 8 more bytes (use --full)"
     assert hex_dump(b"AB\x00", limit=None) == [f"00000000  {'41 42 00':<47}  |AB.|"]
+
+
+# --------------------------------------------------------------------------- gathering
+
+
+class _FakeLedger:
+    """The ledger's read side with canned rows (the real one is covered in integration)."""
+
+    def __init__(self) -> None:
+        from ingest.ledger import ChunkRow, IndexVersionRow, OffsetRow, RunRow
+
+        def run(id_: int, kind: str, status: str, beat_age_s: float, stream: str = "orders"):
+            return RunRow(
+                id=id_,
+                kind=kind,
+                stream=stream,
+                params={},
+                status=status,
+                host="h",
+                pid=id_,
+                started_at=NOW - timedelta(hours=1),
+                heartbeat_at=NOW - timedelta(seconds=beat_age_s),
+                finished_at=None if status == "running" else NOW,
+                counters={"indexed": id_},
+                error="boom" if status == "failed" else None,
+            )
+
+        self.offsets = [
+            OffsetRow("g.orders", "orders-topic", 0, 10, 2, "h:1:orders", NOW),
+            OffsetRow("g.orders", "orders-topic", 1, 50, 2, "h:1:orders", NOW),
+            OffsetRow("other-group", "orders-topic", 0, 3, 1, "x", NOW),
+        ]
+        self.run_rows = [
+            run(5, "backfill", "failed", 0),
+            run(4, "stream", "running", 14.9),
+            run(3, "backfill", "running", 15.1),
+            run(2, "stream", "stopped", 0),
+            run(1, "replay", "succeeded", 0, stream="gone"),
+        ]
+        self.versions = {
+            "orders": [IndexVersionRow("orders", 1, "orders-v1", "fp", "live", NOW, NOW)]
+        }
+        self.chunk_rows = [
+            ChunkRow("a", "Fam", "orders", {}, "done", 1, {}, NOW, NOW, None, None),
+            ChunkRow("b", "Fam", "orders", {}, "failed", 2, {}, NOW, NOW, "late err", None),
+            ChunkRow("c", "Fam", "orders", {}, "pending", 0, {}, None, None, None, None),
+        ]
+
+    def all_offsets(self):  # type: ignore[no-untyped-def]
+        return self.offsets
+
+    def runs(self, kind=None, limit=20, *, stream=None, status=None):  # type: ignore[no-untyped-def]
+        rows = [r for r in self.run_rows if status is None or r.status == status]
+        return rows[:limit]
+
+    def dead_letter_counts(self):  # type: ignore[no-untyped-def]
+        return {("orders", "decode"): 2, ("gone", "index"): 1}
+
+    def index_versions(self, alias):  # type: ignore[no-untyped-def]
+        return self.versions.get(alias, [])
+
+    def chunks(self, family=None, stream=None):  # type: ignore[no-untyped-def]
+        return self.chunk_rows
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from ingest.settings import parse_settings
+
+    return parse_settings(
+        {
+            "kafka": {"group_id": "g"},
+            "runtime": {"heartbeat_s": 5},
+            "streams": [
+                {"name": "orders", "topic": "orders-topic", "subject": "orders", "alias": "orders"}
+            ],
+        }
+    )
+
+
+def test_gather_joins_ledger_and_broker_and_flags_problems() -> None:
+    """Lag per partition from both sides; stale runs, negative lag and failed chunks flagged."""
+    from ingest.status import gather_status
+
+    report = gather_status(
+        _settings(),
+        _FakeLedger(),
+        ledger_schema="s",
+        watermarks=lambda topic: {0: 15, 1: 40, 2: 9},
+        now=NOW,
+    )
+    parts = {p.partition: p for p in report.partitions}
+    assert sorted(parts) == [0, 1, 2]
+    assert (parts[0].next_offset, parts[0].high_watermark, parts[0].lag) == (10, 15, 5)
+    assert parts[1].lag == -10
+    assert parts[2].next_offset is None and parts[2].lag is None and parts[2].high_watermark == 9
+    assert {p.group for p in report.partitions} == {"g.orders"}
+    stale = {p.run_id: p.stale for p in report.processes}
+    assert stale == {4: False, 3: True}
+    assert [r.run_id for r in report.recent_runs] == [5, 3, 1]
+    assert report.chunks[0].failed == 1 and report.chunks[0].last_error == "late err"
+    assert [v.index_name for v in report.index_versions] == ["orders-v1"]
+    text = " | ".join(report.problems)
+    assert "beyond the broker's end" in text
+    assert "run 3 " in text
+    assert "1 Fam chunk(s) failed" in text
+
+
+def test_gather_without_broker_keeps_ledger_side() -> None:
+    """An unreachable broker is one problem line; the ledger's numbers are still shown."""
+    from ingest.errors import TransientError
+    from ingest.status import gather_status
+
+    calls: list[str] = []
+
+    def broken(topic: str) -> dict[int, int]:
+        calls.append(topic)
+        raise TransientError("Kafka metadata failed: timed out")
+
+    report = gather_status(
+        _settings(), _FakeLedger(), ledger_schema="s", watermarks=broken, now=NOW
+    )
+    assert calls == ["orders-topic"]
+    assert [p.next_offset for p in report.partitions] == [10, 50]
+    assert all(p.high_watermark is None and p.lag is None for p in report.partitions)
+    assert any("broker high watermarks unavailable" in p for p in report.problems)
+
+
+def test_gather_filtered_to_streams_drops_other_streams() -> None:
+    from ingest.status import gather_status
+
+    settings = _settings()
+    report = gather_status(
+        settings,
+        _FakeLedger(),
+        ledger_schema="s",
+        watermarks=None,
+        streams=list(settings.streams),
+        now=NOW,
+    )
+    assert [d.stream for d in report.dead_letters] == ["orders"]
+    assert all(r.stream == "orders" for r in report.recent_runs)
