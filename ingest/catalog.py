@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,38 @@ class SchemaVersion:
     path: Path | None = field(default=None, compare=False)
 
 
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _structure_problems(node: Any) -> Iterator[str]:
+    """What fastavro lets through but Avro forbids: records without fields, bad names."""
+    if isinstance(node, list):
+        for branch in node:
+            yield from _structure_problems(branch)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    if kind in ("record", "error", "enum", "fixed"):
+        name = node.get("name")
+        if not isinstance(name, str) or not all(_NAME.match(p) for p in name.split(".")):
+            yield f"{kind} name {name!r} is not a valid Avro name"
+    if kind in ("record", "error"):
+        fields = node.get("fields")
+        if not isinstance(fields, list):
+            yield f"record {node.get('name')!r} has no 'fields' list"
+            return
+        for f in fields:
+            if not isinstance(f, dict) or not _NAME.match(str(f.get("name", ""))):
+                yield f"record {node.get('name')!r} has a field without a valid name"
+            else:
+                yield from _structure_problems(f.get("type"))
+        return
+    for key in ("type", "items", "values"):
+        if isinstance(node.get(key), dict | list):
+            yield from _structure_problems(node[key])
+
+
 def parse_avro(raw: Any, *, source: str) -> tuple[dict[str, Any], str]:
     """Parse a schema JSON value: (fastavro parsed schema, sha256 fingerprint).
 
@@ -50,6 +84,9 @@ def parse_avro(raw: Any, *, source: str) -> tuple[dict[str, Any], str]:
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"schema error in {source}: top level must be a JSON object (a record)")
+    problem = next(_structure_problems(raw), None)
+    if problem:
+        raise ConfigError(f"schema error in {source}: {problem}")
     try:
         parsed: dict[str, Any] = fastavro.parse_schema(raw, named_schemas={})  # type: ignore[assignment]
         canonical = to_parsing_canonical_form(raw)
@@ -138,10 +175,11 @@ class SchemaCatalog:
             versions.append(
                 SchemaVersion(subject, version, schema_id, parsed, raw, fingerprint, path)
             )
+        catalog = cls(versions)
         for path in sorted(directory.rglob("*.avsc")):
             if path.resolve() not in listed:
                 raise ConfigError(f"schema error: {path} is not listed in {manifest_path}")
-        return cls(versions)
+        return catalog
 
     def by_id(self, schema_id: int) -> SchemaVersion:
         """The version with this wire-format id; UnknownSchemaError (a record error) if none."""
