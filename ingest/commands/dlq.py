@@ -18,11 +18,11 @@ from typing import Any
 
 import click
 import orjson
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ingest.cli import EXIT_RUNTIME, config_option, fail_cleanly, load
+from ingest.commands.status import make_console
 from ingest.errors import ConfigError, RecordError
 from ingest.ledger import DeadLetterRow
 
@@ -161,13 +161,15 @@ def dlq_list(
     if as_json:
         _print_json([_summary_json(r) for r in rows])
         return
-    console = Console()
+    console = make_console()
     if not rows:
         console.print("no dead letters match")
         return
     table = Table(title_justify="left")
-    for name in ("id", "stream", "stage", "source", "position", "attempts", "last seen", "reason"):
-        table.add_column(name, justify="right" if name in {"id", "attempts"} else "left")
+    for name in ("id", "stream", "stage", "source", "position", "attempts", "last seen"):
+        right = name in {"id", "attempts"}
+        table.add_column(name, justify="right" if right else "left", no_wrap=True)
+    table.add_column("reason", overflow="fold", min_width=20)
     for r in rows:
         table.add_row(
             str(r.id),
@@ -209,7 +211,7 @@ def decode_view(settings: Any, row: DeadLetterRow) -> dict[str, Any]:
         from ingest.codec import AvroCodec
 
         catalog = SchemaCatalog.load(settings.schemas_dir)
-        codec = AvroCodec(catalog, stream.subject, registry_url=settings.schema_registry.url)
+        codec = AvroCodec.for_stream(settings, stream, catalog)
         doc = codec.decode(value)
     except RecordError as exc:
         view["error"] = str(exc)
@@ -272,7 +274,7 @@ def dlq_show(config_path: Path | None, dead_letter_id: int, full: bool, as_json:
             orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
         )
         return
-    console = Console(highlight=False)
+    console = make_console()
     out = console.print
     out(f"[bold]dead letter {row.id}[/]  stream {row.stream}  stage [bold red]{row.stage}[/]")
     out(Text(f"reason:     {row.reason}"))

@@ -35,9 +35,19 @@ def age(then: datetime | None, now: datetime) -> str:
 
 
 def _when(then: datetime | None, now: datetime) -> str:
+    """Tables show ages (``12s ago``); ``--json`` has the exact times."""
     if then is None:
         return "-"
-    return f"{then.strftime('%Y-%m-%d %H:%M:%S')} ({age(then, now)} ago)"
+    return f"{age(then, now)} ago"
+
+
+#: Width used when output goes to a pipe or file, where rich would otherwise assume 80.
+PIPE_WIDTH = 160
+
+
+def make_console() -> Console:
+    """The terminal's width on a TTY; a wide fixed width when piped, so nothing is cut."""
+    return Console(width=None if sys.stdout.isatty() else PIPE_WIDTH, highlight=False)
 
 
 def _num(value: int | None) -> str:
@@ -48,10 +58,18 @@ def _counters(counters: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v) or "-"
 
 
-def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
+def _table(
+    title: str, *columns: str, right: tuple[str, ...] = (), fold: tuple[str, ...] = ()
+) -> Table:
+    """Numbers right-aligned and never wrapped; ``fold`` columns (free text) may wrap."""
     table = Table(title=title, title_justify="left", title_style="bold", expand=False)
     for name in columns:
-        table.add_column(name, justify="right" if name in right else "left", no_wrap=True)
+        if name in fold:
+            table.add_column(name, overflow="fold", min_width=min(len(name), 12))
+        elif name in right:
+            table.add_column(name, justify="right", no_wrap=True)
+        else:
+            table.add_column(name, no_wrap=True)
     return table
 
 
@@ -88,13 +106,16 @@ def _partitions(report: StatusReport, console: Console, now: datetime) -> None:
         "stream",
         "topic",
         "part",
-        "ledger next",
-        "high watermark",
+        "next",
+        "high",
         "lag",
-        "last flush",
+        "flushed",
         "owner",
-        right=("part", "ledger next", "high watermark", "lag"),
+        right=("part", "next", "high", "lag"),
+        fold=("owner",),
     )
+    table.caption = "next: the ledger's next offset to read; high: the broker's high watermark"
+    table.caption_justify = "left"
     for p in report.partitions:
         lag = Text(_num(p.lag), style="bold red" if p.lag is not None and p.lag < 0 else "")
         table.add_row(
@@ -126,6 +147,7 @@ def _processes(report: StatusReport, console: Console, now: datetime) -> None:
         "state",
         "counters",
         right=("run",),
+        fold=("counters",),
     )
     for proc in report.processes:
         state = Text("STALE", style="bold red") if proc.stale else Text("ok", style="green")
@@ -189,6 +211,7 @@ def _runs(report: StatusReport, console: Console, now: datetime) -> None:
         "counters",
         "error",
         right=("run",),
+        fold=("counters", "error"),
     )
     styles = {"succeeded": "green", "failed": "red", "running": "yellow"}
     for run in report.recent_runs:
@@ -221,6 +244,7 @@ def _chunks(report: StatusReport, console: Console, now: datetime) -> None:
         "last finished",
         "last error",
         right=("pending", "running", "done", "failed"),
+        fold=("last error",),
     )
     for c in report.chunks:
         table.add_row(
@@ -266,4 +290,4 @@ def status(
         sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
         sys.stdout.write("\n")
     else:
-        render_status(report, Console())
+        render_status(report, make_console())
