@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import itertools
+import json
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -31,12 +32,13 @@ Reader = Callable[[bytes, int], tuple[Any, int]]
 
 
 class ReadFailure(ValueError):
-    """The input does not decode; ``offset`` is where the value being read started."""
+    """The input does not decode; ``offset`` is the position reached, at the bad value."""
 
     def __init__(self, offset: int, cause: BaseException) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.offset = offset
         self.cause = cause
+
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _MAX_ZERO_SIZE_ITEMS = 1_000_000
@@ -339,8 +341,26 @@ class _Gen:
         return fn
 
 
+_CACHE: dict[str, Reader] = {}
+_CACHE_SIZE = 256
+
+
 def compile_reader(schema: dict[str, Any]) -> Reader:
     """A reader for values written with ``schema`` (fastavro's parsed form, a record).
+
+    Compiling takes a few milliseconds, so readers are cached by the schema's JSON.
+    """
+    key = json.dumps(schema, sort_keys=True, default=str)
+    reader = _CACHE.get(key)
+    if reader is None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        reader = _CACHE[key] = _compile(schema)
+    return reader
+
+
+def _compile(schema: dict[str, Any]) -> Reader:
+    """Generate, compile and load the reader module for ``schema``.
 
     The generated source holds only names made here, constants passed by reference and
     field names as Python string literals (``repr``), so a schema cannot inject code.

@@ -30,9 +30,8 @@ from io import BytesIO
 from typing import Any
 
 import fastavro
-from fastavro.validation import validate
 
-from ingest.avrocheck import record_problems
+from ingest.avrocheck import RecordChecker
 from ingest.avroread import ReadFailure, compile_reader
 from ingest.catalog import SchemaCatalog, SchemaVersion, parse_avro
 from ingest.errors import (
@@ -194,6 +193,7 @@ class AvroCodec:
         self._plans: dict[int, _Plan] = {self.reader.schema_id: self._reader_plan}
         self._writers: dict[int, str] = {self.reader.schema_id: self._describe(self.reader)}
         self._unknown_until: dict[int, float] = {}
+        self._checkers: dict[int, RecordChecker] = {}
 
     @classmethod
     def for_stream(
@@ -316,35 +316,35 @@ class AvroCodec:
         """``record`` framed with ``schema_id`` (default: the reader schema, the latest).
 
         Validates first: RecordValidationError listing every bad field path, such as
-        ``items[0].quantity: expected int, got str``, in ``detail["fields"]``.
+        ``items[0].quantity: expected int, got str``, in ``detail["fields"]``. The check is
+        :mod:`ingest.avrocheck`, not fastavro's validator: that one misses decimal precision,
+        names no paths and is slower.
         """
         sv = self.reader if schema_id is None else self.catalog.by_id(schema_id)
-        try:
-            valid = validate(record, sv.schema, raise_errors=False)
-        except Exception:  # noqa: BLE001 - its validator chokes on some shapes; explained below
-            valid = False
-        if not valid:
-            raise self._invalid(record, sv, None)
+        checker = self._checkers.get(sv.schema_id)
+        if checker is None:
+            checker = self._checkers[sv.schema_id] = RecordChecker(sv.schema)
+        problems = checker.problems(record)
+        if problems:
+            raise self._invalid(sv, problems, None)
         out = BytesIO()
         out.write(_HEADER.pack(MAGIC, sv.schema_id))
         try:
             fastavro.schemaless_writer(out, sv.schema, record)
-        except Exception as exc:  # e.g. a decimal with more places than the scale
-            raise self._invalid(record, sv, exc) from exc
+        except Exception as exc:  # the checker missed something: fastavro's word is final
+            raise self._invalid(sv, [], exc) from exc
         return out.getvalue()
 
+    @staticmethod
     def _invalid(
-        self, record: Any, sv: SchemaVersion, cause: Exception | None
+        sv: SchemaVersion, problems: list[tuple[str, str]], cause: Exception | None
     ) -> RecordValidationError:
-        problems = record_problems(record, sv.schema)
         if problems:
             text = "; ".join(f"{path}: {why}" for path, why in problems[:10])
             more = f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""
-            fields = [path for path, _ in problems]
         else:
-            text = f"{type(cause).__name__}: {cause}" if cause else "rejected by fastavro"
-            more, fields = "", []
+            text, more = f"{type(cause).__name__}: {cause}", ""
         return RecordValidationError(
             f"record does not match {sv.subject} v{sv.version}: {text}{more}",
-            detail={"schema_id": sv.schema_id, "fields": fields},
+            detail={"schema_id": sv.schema_id, "fields": [path for path, _ in problems]},
         )
