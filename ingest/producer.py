@@ -293,9 +293,9 @@ def run_produce(
     started = time.monotonic()
     for message in plan.messages():
         if rate is not None:
-            ahead = started + message.position / rate - time.monotonic()
-            if ahead > 0:
-                producer.poll(ahead)
+            due = started + message.position / rate
+            while (ahead := due - time.monotonic()) > 0:
+                producer.poll(ahead)  # returns early whenever it serves a delivery report
         if message.record is not None:
             producer.produce(message.record)
         else:
