@@ -17,7 +17,7 @@ import structlog
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
-    return orjson.dumps(obj, default=default or str).decode()
+    return orjson.dumps(obj, default=default or str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def configure_logging(
@@ -55,5 +55,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
-    for noisy in ("elastic_transport", "opensearch", "urllib3", "luigi-interface"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The clients log every non-2xx answer (a 404 for a missing alias is normal here);
+    # their failures reach us as exceptions, which we classify and log ourselves.
+    for noisy in ("elastic_transport", "opensearch", "elasticsearch", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
