@@ -20,24 +20,6 @@ from tests.support.search_fixtures import *  # noqa: F403 (fixtures)
 pytestmark = pytest.mark.integration
 
 
-# TEMPORARY: own osmem until the shared stack fixture starts on this machine.
-@pytest.fixture(scope="session")
-def search_url() -> Iterator[str]:
-    import json
-    import subprocess
-    from pathlib import Path
-
-    binary = next(Path(".venv/lib/python3.11/site-packages/osmem_server/bin").glob("osmem-server"))
-    proc = subprocess.Popen(
-        [str(binary), "--addr", "127.0.0.1:0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    yield json.loads(proc.stdout.readline())["url"]
-    assert proc.stdin is not None
-    proc.stdin.close()
-    proc.wait(10)
-
-
 MAPPING = {
     "dynamic": "strict",
     "properties": {
