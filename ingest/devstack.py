@@ -316,8 +316,11 @@ def _pg_commands() -> Any:
     return pg_commands
 
 
-def _init_pgdata(pgdata: Path) -> str | None:
-    """Create the data directory with the wheel's ``initdb``; returns the system user."""
+def _init_pgdata(pgdata: Path, log_path: Path) -> str | None:
+    """Create the data directory with the wheel's ``initdb``; returns the system user.
+
+    initdb's output goes to ``log_path`` so a failure can be diagnosed from the log.
+    """
     pg_commands = _pg_commands()
 
     user: str | None = None
@@ -345,12 +348,34 @@ def _init_pgdata(pgdata: Path) -> str | None:
     else:
         pgdata.mkdir(parents=True, exist_ok=True)
     if not (pgdata / "PG_VERSION").exists():
-        args = ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"]
-        args.append("--no-sync")
-        try:
-            pg_commands.initdb(args, pgdata=pgdata, user=user, timeout=START_TIMEOUT_S)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            raise ConfigError(f"dev stack: postgres initdb failed in {pgdata}: {exc}") from exc
+        args = [
+            str(pg_commands.POSTGRES_BIN_PATH / "initdb"),
+            "-D",
+            str(pgdata),
+            "--auth=trust",
+            "--auth-local=trust",
+            "--encoding=utf8",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]
+        with open(log_path, "ab") as out:
+            try:
+                subprocess.run(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    user=user,
+                    cwd=pgdata,
+                    timeout=START_TIMEOUT_S,
+                    check=True,
+                )
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                tail = " | ".join(log_path.read_text(errors="replace").splitlines()[-3:])
+                raise ConfigError(
+                    f"dev stack: postgres initdb failed in {pgdata} ({tail}); see {log_path}"
+                ) from exc
     return user
 
 
@@ -358,7 +383,8 @@ def _start_postgres(workdir: Path, *, detach: bool, port: int | None = None) -> 
     pg_commands = _pg_commands()
 
     pgdata = workdir / "pgdata"
-    user = _init_pgdata(pgdata)
+    log_path = workdir / "postgres.log"
+    user = _init_pgdata(pgdata, log_path)
     cleanup_dir: str | None = None
     socket_dir = pgdata
     if len(str(pgdata)) > _MAX_SOCKET_DIR_LEN:
@@ -381,7 +407,7 @@ def _start_postgres(workdir: Path, *, detach: bool, port: int | None = None) -> 
     component = _spawn(
         POSTGRES,
         args,
-        workdir / "postgres.log",
+        log_path,
         detach=detach,
         endpoint=dsn,
         stop_signal=signal.SIGINT,
@@ -656,6 +682,28 @@ def dev_status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
         }
     running = bool(report) and all(r["answers"] for r in report.values())
     return {"running": running, "endpoints": endpoints, "components": report}
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """:func:`dev_status` as aligned lines for ``ingest dev status`` to print."""
+    components: dict[str, dict[str, Any]] = status.get("components") or {}
+    if not components:
+        return ["no dev stack recorded here (start one with `ingest dev up`)"]
+    lines = []
+    for name, info in components.items():
+        if info["answers"]:
+            state = "up"
+        elif info["alive"]:
+            state = "NOT ANSWERING"
+        else:
+            state = "DOWN"
+        pid = "-" if info["pid"] is None else str(info["pid"])
+        line = f"{name:<9} {state:<14} {info['endpoint']}  pid={pid}"
+        if info.get("log"):
+            line += f"  log={info['log']}"
+        lines.append(line)
+    lines.append("stack: " + ("running" if status.get("running") else "NOT fully running"))
+    return lines
 
 
 def _clear_state(state_dir: Path) -> None:

@@ -14,7 +14,10 @@ alive (a daemon a test forgot to stop), after killing it so nothing is left behi
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -52,9 +55,34 @@ TOPIC_TIMEOUT_S = 15.0
 
 
 @pytest.fixture(scope="session")
-def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+def servers_root() -> Iterator[Path]:
+    """A session directory for server data *outside* pytest's tmp tree, removed at the end.
+
+    pytest resets ``/tmp/pytest-of-<user>`` to mode 0700 whenever a session starts (other
+    sessions run concurrently here), which locks the unprivileged PostgreSQL system user
+    out of any data directory below it.
+    """
+    root = Path(tempfile.mkdtemp(prefix="ingest-tests-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def server_dir(servers_root: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh directory for this test's own servers / ``dev up`` state (see servers_root)."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name)[:40]
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=servers_root))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def running_stack(servers_root: Path) -> Iterator[RunningStack]:
     """The one :class:`RunningStack` of this session (use ``stack`` for just endpoints)."""
-    workdir = tmp_path_factory.mktemp("stack")
+    workdir = servers_root / "stack"
     stack = start_stack(workdir, postgres_dsn=os.environ.get("INGEST_LEDGER_DSN") or None)
     _STACK_TIMINGS.append(stack.started_s)
     try:
@@ -209,7 +237,7 @@ def make_settings(stack: StackEndpoints, unique: str, kafka_admin: Any) -> Calla
 
 
 @pytest.fixture
-def private_server(tmp_path: Path) -> Iterator[Callable[..., Component]]:
+def private_server(server_dir: Path) -> Iterator[Callable[..., Component]]:
     """Factory for a server of this test's own, to kill, freeze or restart without
     disturbing the shared stack: ``private_server(name, *, port=None, advertised_port=None,
     workdir=None) -> Component`` with ``name`` in ``kafka`` / ``search`` / ``postgres``.
@@ -230,7 +258,7 @@ def private_server(tmp_path: Path) -> Iterator[Callable[..., Component]]:
     ) -> Component:
         component = start_server(
             name,
-            workdir or tmp_path / f"private-{name}",
+            workdir or server_dir / f"private-{name}",
             port=port,
             advertised_port=advertised_port,
             timeout_s=20,

@@ -23,6 +23,7 @@ from ingest.devstack import (
     kafka_answers,
     postgres_answers,
     search_answers,
+    status_lines,
 )
 from ingest.errors import ConfigError
 
@@ -48,9 +49,9 @@ def _all_pids(state_dir: Path) -> list[int]:
     return pids
 
 
-def test_dev_up_status_down_leaves_nothing(tmp_path: Path) -> None:
+def test_dev_up_status_down_leaves_nothing(server_dir: Path) -> None:
     """dev_up starts three answering servers; dev_down stops every process and the state."""
-    state_dir = tmp_path / "dev"
+    state_dir = server_dir / "dev"
     endpoints = dev_up(state_dir)
     try:
         pids = _all_pids(state_dir)
@@ -82,9 +83,9 @@ def test_dev_up_status_down_leaves_nothing(tmp_path: Path) -> None:
     assert dev_down(state_dir) == []
 
 
-def test_dev_status_reports_a_dead_server(tmp_path: Path) -> None:
+def test_dev_status_reports_a_dead_server(server_dir: Path) -> None:
     """A server that died is reported as not alive, and dev_up then starts afresh."""
-    state_dir = tmp_path / "dev"
+    state_dir = server_dir / "dev"
     dev_up(state_dir)
     try:
         state = json.loads((state_dir / STATE_FILE).read_text())
@@ -155,9 +156,9 @@ def test_make_settings_is_unique_and_creates_topic(make_settings, unique, kafka_
     assert again.search.url == "http://127.0.0.1:1"
 
 
-def test_dev_up_names_the_failing_server(tmp_path: Path) -> None:
+def test_dev_up_names_the_failing_server(server_dir: Path) -> None:
     """An unusable PostgreSQL DSN fails dev_up with a clear error and leaves nothing running."""
-    state_dir = tmp_path / "dev"
+    state_dir = server_dir / "dev"
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(ConfigError, match="INGEST_LEDGER_DSN"):
         dev_up(state_dir, postgres_dsn="postgresql://postgres@127.0.0.1:1/postgres")
@@ -219,3 +220,22 @@ def test_proxied_kafka_partition_heals(proxied_kafka) -> None:  # type: ignore[n
     finally:
         consumer.close()
     assert proxy.connections_held >= 1
+
+
+def test_status_lines_say_which_server_is_down() -> None:
+    """The printable status names each server's state, endpoint and log."""
+    status = {
+        "running": False,
+        "endpoints": {},
+        "components": {
+            "kafka": {"pid": 1, "alive": True, "answers": True, "endpoint": "k:1", "log": "k.log"},
+            "search": {"pid": 2, "alive": True, "answers": False, "endpoint": "s", "log": "s.log"},
+            "postgres": {"pid": 3, "alive": False, "answers": False, "endpoint": "p", "log": "p"},
+        },
+    }
+    lines = status_lines(status)
+    assert lines[0].split()[:3] == ["kafka", "up", "k:1"]
+    assert "NOT ANSWERING" in lines[1]
+    assert lines[2].split()[:2] == ["postgres", "DOWN"]
+    assert lines[-1] == "stack: NOT fully running"
+    assert status_lines({"running": False, "components": {}})[0].startswith("no dev stack")
