@@ -574,6 +574,9 @@ def start_stack(
     ``postgres_dsn`` (e.g. from ``INGEST_LEDGER_DSN``) uses that PostgreSQL instead of
     starting one. Blocks until every server answers (at most ``timeout_s``); raises
     :class:`ConfigError` naming the server and its log file otherwise, leaving nothing running.
+
+    Call it from a thread that lives as long as the stack should (the main thread): Linux
+    delivers the parent-death signal when the *thread* that started a server exits.
     """
     started = time.monotonic()
     endpoints, components = _start_all(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json as _json
 import time
@@ -229,3 +230,38 @@ def test_tcp_proxy_in_front_of_postgres(ledger_dsn: str) -> None:
         tcp.pass_through()
         with psycopg.connect(dsn) as again:
             assert again.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_close_releases_a_held_request_at_once(search_url: str) -> None:
+    """close() does not wait out a long delay: held requests are released, threads end."""
+    import threading
+
+    proxy = HttpFaultProxy(search_url).start()
+    proxy.delay(60, forward=False)
+    results: list[int] = []
+
+    def call() -> None:
+        with contextlib.suppress(urllib3.exceptions.HTTPError):
+            results.append(Http().get(proxy.url + "/", timeout=30).status)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    wait_for(lambda: proxy.active == DELAY and caller.is_alive(), timeout_s=5)
+    time.sleep(0.2)  # let the request reach the proxy and be held
+    started = time.monotonic()
+    proxy.close()
+    caller.join(timeout=5)
+    assert not caller.is_alive()
+    assert time.monotonic() - started < 3
+    assert results in ([504], [])
+
+
+def test_head_requests_pass_and_fail_without_a_body(
+    proxy: HttpFaultProxy, http: Http, search_url: str, unique: str
+) -> None:
+    """HEAD (index_exists) works through the proxy, faulted or not."""
+    _ok(http.put(f"{search_url}/{unique}", json={}))
+    assert http.request("HEAD", f"{proxy.url}/{unique}").status == 200
+    proxy.fail(503, count=1)
+    assert http.request("HEAD", f"{proxy.url}/{unique}").status == 503
+    assert http.request("HEAD", f"{proxy.url}/{unique}-missing").status == 404
