@@ -1,0 +1,248 @@
+"""The daemon under real faults: kill -9, group churn, search-server errors, stalls, SIGTERM.
+
+Every test checks the end state the issue promises — each valid id once at its newest
+version, each bad record dead-lettered once, ledger offsets at the partitions' ends — in
+the real index, ledger and broker.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest.producer import ProduceSummary, run_produce
+from ingest.settings import Settings
+from tests.support.daemon import (
+    DaemonProcess,
+    caught_up,
+    dead_letter_offsets,
+    end_offsets,
+    index_versions,
+    ledger_offsets,
+    wait_for,
+    write_config,
+)
+from tests.support.fault_proxy import FAIL, REJECT_ITEMS, HttpFaultProxy
+
+pytestmark = pytest.mark.faults
+
+
+def merged(*summaries: ProduceSummary) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in summaries:
+        for key, version in s.expected.items():
+            out[key] = max(version, out.get(key, version))
+    return out
+
+
+def assert_converged(settings: Settings, expected: dict[str, int], invalid: int) -> None:
+    assert index_versions(settings) == expected
+    assert len(dead_letter_offsets(settings)) == invalid
+    ends = {p: e for p, e in end_offsets(settings).items() if e > 0}
+    assert ledger_offsets(settings) == ends
+
+
+class Background:
+    """Runs ``run_produce`` in a thread, so daemons are killed while records arrive."""
+
+    def __init__(self, settings: Settings, count: int, seed: int, rate: float) -> None:
+        self.summary: ProduceSummary | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(settings, count, seed, rate), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, settings: Settings, count: int, seed: int, rate: float) -> None:
+        self.summary = run_produce(
+            settings, "orders", count, rate=rate, seed=seed, invalid_ratio=0.03,
+            duplicate_ratio=0.2,
+        )
+
+    def join(self) -> ProduceSummary:
+        self._thread.join(120)
+        assert self.summary is not None and self.summary.failed == 0
+        return self.summary
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    counter = iter(range(1000))
+
+    def start(config: Path, **kw: object) -> DaemonProcess:
+        d = DaemonProcess(config, tmp_path / f"daemon-{next(counter)}.log", **kw)  # type: ignore[arg-type]
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.alive():
+            d.kill9()
+
+
+def test_kill_9_at_random_points_converges(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """Killed -9 three times mid-stream and restarted: same state as an undisturbed run."""
+    settings = make_settings(partitions=2, max_batch_records=40, linger_s=0.2)
+    config = write_config(settings, tmp_path / "c.toml")
+    producer = Background(settings, 900, seed=11, rate=300)
+    rng = random.Random(5)
+    for _ in range(3):
+        daemon = daemons(config)
+        time.sleep(rng.uniform(4.0, 7.0))
+        daemon.kill9()
+    summary = producer.join()
+    ends = end_offsets(settings)
+    last = daemons(config)
+    wait_for(caught_up(settings, ends), 120, "catch-up after the kills")
+    assert last.stop() == 0, last.output()
+    assert_converged(settings, summary.expected, summary.invalid)
+
+
+def test_group_of_two_then_three_with_one_killed(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """Members join and die while records arrive; the group still converges exactly."""
+    settings = make_settings(partitions=4, max_batch_records=50, linger_s=0.2)
+    config = write_config(settings, tmp_path / "c.toml")
+    a, b = daemons(config), daemons(config)
+    producer = Background(settings, 900, seed=21, rate=250)
+    time.sleep(4)
+    c = daemons(config)
+    time.sleep(4)
+    a.kill9()
+    summary = producer.join()
+    ends = end_offsets(settings)
+    wait_for(caught_up(settings, ends), 150, "the remaining members to catch up")
+    assert b.stop() == 0, b.output()
+    assert c.stop() == 0, c.output()
+    assert_converged(settings, summary.expected, summary.invalid)
+
+
+def test_search_errors_delay_but_never_lose_or_commit_early(
+    make_settings: Callable[..., Settings],
+    search_url: str,
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """429s, 503s, item-level rejections and timeouts: nothing committed while failing,
+    everything indexed once they stop."""
+    with HttpFaultProxy(search_url) as proxy:
+        settings = make_settings(
+            partitions=2,
+            search={"url": proxy.url, "request_timeout_s": 2.0},
+            runtime={"max_retry_s": 120},
+        )
+        first = run_produce(settings, "orders", 300, seed=31, invalid_ratio=0.05)
+        proxy.fail(503, path=r"_bulk")
+        daemon = daemons(write_config(settings, tmp_path / "c.toml"))
+        proxy.wait_for(FAIL, n=3, timeout_s=60)
+        assert ledger_offsets(settings) == {}, "offsets committed while every bulk failed"
+
+        proxy.fail(429, count=3, path=r"_bulk")
+        proxy.wait_for(FAIL, n=6, timeout_s=30)
+        proxy.reject_items(503, every=3, count=4)
+        second = run_produce(settings, "orders", 300, seed=32, duplicate_ratio=0.2)
+        proxy.wait_for(REJECT_ITEMS, n=1, timeout_s=30)
+        proxy.delay(5.0, count=2, path=r"_bulk", forward=True)
+        ends = end_offsets(settings)
+        wait_for(caught_up(settings, ends), 150, "catch-up once faults stop")
+        assert daemon.stop() == 0, daemon.output()
+        assert proxy.items_rejected > 0
+        proxy.pass_through()
+        assert_converged(settings, merged(first, second), first.invalid + second.invalid)
+
+
+def test_stalled_process_cannot_move_offsets_backwards(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """SIGSTOP a member holding a buffer until the group moves on, then SIGCONT it: the
+    ledger fences it, offsets never go backwards, nothing is lost."""
+    settings = make_settings(partitions=2, max_batch_records=100_000, linger_s=4.0)
+    config = write_config(settings, tmp_path / "c.toml")
+    stale = daemons(config)
+    first = run_produce(settings, "orders", 200, seed=41)
+    wait_for(caught_up(settings, end_offsets(settings)), 60, "first flush")
+    second = run_produce(settings, "orders", 200, seed=42)
+    time.sleep(1.0)  # the member buffers these, waiting out its 4 s linger
+    os.kill(stale.pid, signal.SIGSTOP)
+    try:
+        fresh = daemons(config)
+        ends = end_offsets(settings)
+        wait_for(caught_up(settings, ends), 90, "the new member to take over")
+        third = run_produce(settings, "orders", 100, seed=43)
+        ends = end_offsets(settings)
+        wait_for(caught_up(settings, ends), 60, "the new member to go on")
+        before = ledger_offsets(settings)
+    finally:
+        os.kill(stale.pid, signal.SIGCONT)
+    observed = [before]
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        observed.append(ledger_offsets(settings))
+        time.sleep(0.3)
+    for earlier, later in zip(observed, observed[1:], strict=False):
+        for p, offset in earlier.items():
+            assert later.get(p, 0) >= offset, f"partition {p} went back: {earlier} -> {later}"
+    for d in (stale, fresh):
+        d.stop()
+    assert "partition_fenced" in stale.output() or "partitions_lost" in stale.output()
+    assert_converged(settings, merged(first, second, third), 0)
+
+
+def test_sigterm_flushes_the_buffer_and_exits_zero(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """Records buffered under a long linger are indexed and committed on SIGTERM."""
+    settings = make_settings(partitions=2, max_batch_records=100_000, linger_s=600)
+    daemon = daemons(
+        write_config(settings, tmp_path / "c.toml"), extra_args=("--metrics-port", "0")
+    )
+    summary = run_produce(settings, "orders", 250, seed=51, duplicate_ratio=0.1)
+    port = metrics_port(daemon)
+
+    def consumed_all() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            if line.startswith("ingest_records_consumed_total{"):
+                return float(line.rsplit(" ", 1)[1]) >= summary.sent
+        return False
+
+    wait_for(consumed_all, 60, "the daemon to buffer every record")
+    assert ledger_offsets(settings) == {}, "the long linger should have kept them buffered"
+    assert daemon.stop(timeout_s=60) == 0, daemon.output()
+    assert_converged(settings, summary.expected, 0)
+
+
+def metrics_port(daemon: DaemonProcess) -> int:
+    import json
+
+    def find() -> int | None:
+        for line in daemon.output().splitlines():
+            if '"metrics_listening"' in line or "metrics_server_started" in line:
+                event = json.loads(line)
+                return int(event["port"])
+        return None
+
+    wait_for(lambda: find() is not None, 30, "the metrics server to start")
+    port = find()
+    assert port is not None
+    return port
