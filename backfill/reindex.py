@@ -11,8 +11,8 @@ so that a run killed anywhere resumes where it stopped::
               ``dual_write_version == N+1``: from then on each of its flushes goes to the
               alias *and* the new index. Record the end offsets per partition: the ledger's
               committed next offset at that moment (everything below is in the old index;
-              everything from it on is dual-written), raised to the high watermark (reading
-              more is harmless: external versions make a second write a no-op)
+              everything from it on is dual-written). With no daemon running, the log end
+              instead (reading more is harmless: external versions make a rewrite a no-op)
     fill      copy into the new index: ``kafka`` (earliest retained offset up to the end
               offsets), ``index`` (scroll the old index, keeping each ``_version`` as the
               external version) or ``files`` (archive files); restore refresh/replicas in a
@@ -314,11 +314,20 @@ def daemon_acks(
     return sorted(acked), sorted(waiting)
 
 
-def end_offsets(committed: Mapping[int, int], high_watermarks: Mapping[int, int]) -> dict[int, int]:
-    """Where the fill stops per partition: at least what was committed when the daemons
-    acknowledged, raised to the high watermark so an index filled by other means is covered."""
-    partitions = set(committed) | set(high_watermarks)
-    return {p: max(committed.get(p, 0), high_watermarks.get(p, 0)) for p in sorted(partitions)}
+def end_offsets(
+    committed: Mapping[int, int], high_watermarks: Mapping[int, int] | None
+) -> dict[int, int]:
+    """Where the fill stops per partition.
+
+    With daemons dual-writing, their committed next offsets at acknowledgement time are
+    exact: everything below went to the old index, everything from there on goes to both.
+    Without a daemon (``high_watermarks`` given) the old index may hold what a backfill
+    wrote beyond them, so the fill reads up to the log end too — more is harmless.
+    """
+    ends = {p: int(o) for p, o in committed.items()}
+    for p, high in (high_watermarks or {}).items():
+        ends[p] = max(ends.get(p, 0), int(high))
+    return dict(sorted(ends.items()))
 
 
 def count_problem(old: int, new: int, *, deletions: int, tolerance: int) -> str | None:
@@ -659,7 +668,7 @@ class Reindexer:
         since = datetime.fromisoformat(state.marked_at) if state.marked_at else None
         acked = self._wait_for_daemons(version, since, "start dual-writing")
         committed = self.ledger.offsets(self.group, self.stream.topic)
-        ends = end_offsets(committed, self._high_watermarks())
+        ends = end_offsets(committed, None if acked else self._high_watermarks())
         state.end_offsets = str_keys(ends)
         state.step = "acked"
         self._save(version, state)
@@ -668,8 +677,8 @@ class Reindexer:
             alias=self.alias,
             index=state.target_index,
             daemons=acked,
-            committed=committed,
-            end_offsets=ends,
+            committed=str_keys(committed),
+            end_offsets=state.end_offsets,
         )
         self._pause("acked")
 
