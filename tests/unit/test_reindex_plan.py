@@ -143,8 +143,12 @@ def test_daemon_acks_with_no_daemons_waits_for_nobody() -> None:
     assert daemon_acks([], want=2, since=NOW, now=NOW, stale_s=30) == ([], [])
 
 
-def test_end_offsets_cover_committed_and_high_watermark() -> None:
-    """Committed offsets are the floor; partitions never committed still get read."""
+def test_end_offsets_are_the_committed_ones_while_daemons_dual_write() -> None:
+    assert end_offsets({0: 50, 1: 90}, None) == {0: 50, 1: 90}
+
+
+def test_end_offsets_without_daemons_reach_the_log_end() -> None:
+    """Committed offsets stay the floor; partitions never committed still get read."""
     assert end_offsets({0: 50, 1: 90}, {0: 60, 1: 80, 2: 7}) == {0: 60, 1: 90, 2: 7}
 
 
