@@ -63,6 +63,7 @@ class _Gen:
             "_Decimal": decimal.Decimal,
             "_MAX_ZERO": _MAX_ZERO_SIZE_ITEMS,
             "_ReadFailure": ReadFailure,
+            "_ZZ": tuple((b >> 1) ^ -(b & 1) for b in range(128)),
         }
         self.named: dict[str, Any] = {}
         self.functions: dict[str, list[str]] = {}
@@ -120,12 +121,23 @@ class _Gen:
 
     # -- code emitters: each appends lines reading one value into ``target`` ---------------
 
-    def varint(self, out: list[str], ind: str, target: str) -> None:
+    def varint(
+        self,
+        out: list[str],
+        ind: str,
+        target: str,
+        *,
+        fast: list[str] | None = None,
+        slow: list[str] | None = None,
+    ) -> None:
+        """Read a zigzag varint into ``target``.
+
+        One-byte values (the common case) take a table lookup. ``fast`` replaces that
+        assignment with lines using ``b``; ``slow`` lines run after the multi-byte path.
+        """
+        out += [f"{ind}b = buf[pos]", f"{ind}pos += 1", f"{ind}if b < 128:"]
+        out += [f"{ind}    {line}" for line in (fast or [f"{target} = _ZZ[b]"])]
         out += [
-            f"{ind}b = buf[pos]",
-            f"{ind}pos += 1",
-            f"{ind}if b < 128:",
-            f"{ind}    {target} = (b >> 1) ^ -(b & 1)",
             f"{ind}else:",
             f"{ind}    n = b & 127",
             f"{ind}    shift = 7",
@@ -140,6 +152,7 @@ class _Gen:
             f"{ind}            raise ValueError('varint longer than 10 bytes')",
             f"{ind}    {target} = (n >> 1) ^ -(n & 1)",
         ]
+        out += [f"{ind}    {line}" for line in slow or []]
 
     def length(self, out: list[str], ind: str, target: str) -> None:
         self.varint(out, ind, target)
@@ -171,14 +184,28 @@ class _Gen:
         elif kind in ("record", "error"):
             self.record(schema, out, ind, target, stack)
         elif kind == "enum":
-            symbols = self.const("symbols", tuple(schema["symbols"]))
+            symbols = tuple(schema["symbols"])
+            # Raw byte -> symbol for one-byte indexes; None where the index is invalid.
+            table = tuple(
+                symbols[b >> 1] if not b & 1 and b >> 1 < len(symbols) else None for b in range(128)
+            )
+            by_byte, by_index = self.const("enum", table), self.const("symbols", symbols)
             idx = self.var("i")
-            self.varint(out, ind, idx)
-            out += [
-                f"{ind}if {idx} < 0:",
-                f"{ind}    raise IndexError('negative enum index')",
-                f"{ind}{target} = {symbols}[{idx}]",
-            ]
+            self.varint(
+                out,
+                ind,
+                idx,
+                fast=[
+                    f"{target} = {by_byte}[b]",
+                    f"if {target} is None:",
+                    "    raise IndexError('enum index out of range')",
+                ],
+                slow=[
+                    f"if {idx} < 0:",
+                    "    raise IndexError('negative enum index')",
+                    f"{target} = {by_index}[{idx}]",
+                ],
+            )
         elif kind == "fixed":
             out += [
                 f"{ind}if pos + {int(schema['size'])} > end:",

@@ -552,3 +552,43 @@ def test_timestamps_far_from_now_match_fastavro() -> None:
 
 def test_header_layout() -> None:
     assert frame(258, b"x") == b"\x00" + struct.pack(">I", 258) + b"x"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(b"\x00\x00", {"e": "A", "u": None}, id="first-symbol-null"),
+        pytest.param(b"\x04\x02\x06", {"e": "C", "u": 3}, id="last-symbol-long"),
+        pytest.param(b"\x80\x00\x00", {"e": "A", "u": None}, id="non-canonical-index"),
+        pytest.param(b"\x06\x00", IndexError, id="enum-past-end"),
+        pytest.param(b"\x01\x00", IndexError, id="enum-negative"),
+        pytest.param(b"\x80\x01\x00", IndexError, id="enum-multibyte-past-end"),
+        pytest.param(b"\x81\x01\x00", IndexError, id="enum-multibyte-negative"),
+        pytest.param(b"\x00\x04", IndexError, id="union-past-end"),
+        pytest.param(b"\x00\x01", IndexError, id="union-negative"),
+        pytest.param(
+            b"\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", ValueError, id="long-varint"
+        ),
+    ],
+)
+def test_compiled_reader_indexes(data: bytes, expected: Any) -> None:
+    """Enum and union indexes: valid ones as fastavro reads them, bad ones refused."""
+    schema = fastavro.parse_schema(
+        {
+            "type": "record",
+            "name": "X",
+            "fields": [
+                {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B", "C"]}},
+                {"name": "u", "type": ["null", "long"]},
+            ],
+        },
+        named_schemas={},
+    )
+    read = compile_reader(schema)
+    if isinstance(expected, dict):
+        assert read(data, 0) == (expected, len(data))
+        assert fastavro.schemaless_reader(io.BytesIO(data), schema, None) == expected
+    else:
+        with pytest.raises(ReadFailure) as info:
+            read(data, 0)
+        assert isinstance(info.value.cause, expected)
