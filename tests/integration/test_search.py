@@ -215,3 +215,25 @@ def test_scan_of_empty_index_yields_nothing(
     name = create(search_client, unique, drop_indices)
     assert list(search_client.scan(name)) == []
     assert search_client.count(name) == 0
+
+
+def test_compat_proxy_reuses_connections_and_stops_cleanly(search_url: str) -> None:
+    """Keep-alive on both sides (one client connection for many requests), and stop()
+    closes open connections and joins every thread it started."""
+    import threading
+
+    before = {t.ident for t in threading.enumerate()}
+    proxy = CompatProxy(search_url).start()
+    with connect_search(SearchSettings(url=proxy.url, kind="elasticsearch")) as client:
+        for _ in range(20):
+            assert client.info()["cluster_name"] == "osmem"
+        conns = [t for t in threading.enumerate() if t.name == "compat-proxy-conn"]
+        # the start-up probe's connection may not have wound down yet
+        assert 1 <= len(conns) <= 2, "20 requests over one kept-alive connection"
+        proxy.stop()
+    leftover = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert [t.name for t in leftover if t.name.startswith("compat-proxy")] == []
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.socket() as s, pytest.raises(OSError):
+        s.settimeout(1)
+        s.connect((host, int(port)))

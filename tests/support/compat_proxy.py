@@ -53,8 +53,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _ProxyServer
 
     def setup(self) -> None:
-        self.timeout = self.server.idle_timeout_s
         super().setup()
+        self.connection.settimeout(self.server.idle_timeout_s)  # idle keep-alive bound
         self._upstream: http.client.HTTPConnection | None = None
 
     def finish(self) -> None:
@@ -123,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         raise AssertionError("unreachable")
 
     def _read_chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self.rfile.readline().split(b";")[0].strip(), 16)
             if size == 0:
