@@ -91,7 +91,8 @@ def parse_avro(raw: Any, *, source: str) -> tuple[dict[str, Any], str]:
         parsed: dict[str, Any] = fastavro.parse_schema(raw, named_schemas={})  # type: ignore[assignment]
         canonical = to_parsing_canonical_form(raw)
     except Exception as exc:  # fastavro raises many types (SchemaParseException, KeyError, ...)
-        raise ConfigError(f"schema error in {source}: {type(exc).__name__}: {exc}") from exc
+        detail = " ".join(str(exc).split())  # one line, whatever fastavro put in it
+        raise ConfigError(f"schema error in {source}: {type(exc).__name__}: {detail}") from exc
     fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
     return parsed, fingerprint
 

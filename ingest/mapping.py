@@ -254,11 +254,13 @@ def _unwrap(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 def _normalise(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Leaf attributes compared the way the server reports them.
 
-    A field without ``type`` is an object (servers omit it), and booleans such as
-    ``dynamic: true`` come back as strings.
+    A field without ``type`` is an object (servers omit it), booleans such as
+    ``dynamic: true`` come back as strings, and a date's default format is not shown.
     """
     out = {k: v for k, v in attrs.items() if k != "properties"}
     out.setdefault("type", "object")
+    if out["type"] == "date" and out.get("format") == DATE_FORMAT:
+        del out["format"]  # the servers' default date format: GET _mapping leaves it out
     for key, value in out.items():
         if isinstance(value, bool):
             out[key] = str(value).lower()
