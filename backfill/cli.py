@@ -195,5 +195,23 @@ def chunks(stream_name: str, only_failed: bool, config_path: Path | None) -> Non
         )
 
 
+@main.command("history-url")
+@click.option(
+    "--database", default=None, help="Database for luigid's tables (default: the ledger's)."
+)
+@config_option
+@fail_cleanly
+def history_url(database: str | None, config_path: Path | None) -> None:
+    """Print the luigi.cfg line sending luigid's task history to the ledger's PostgreSQL.
+
+    The password is left out: give luigid PGPASSWORD or PGPASSFILE instead.
+    """
+    from backfill.history import luigi_cfg_value, sqlalchemy_url
+
+    settings = load(config_path, log_level="WARNING")
+    url = sqlalchemy_url(settings.ledger.dsn.get_secret_value(), database=database)
+    click.echo(f"db_connection = {luigi_cfg_value(url)}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
