@@ -13,6 +13,7 @@ import pytest
 
 from ingest.producer import run_produce
 from ingest.settings import Settings
+from tests.support.compat_proxy import CompatProxy
 from tests.support.daemon import (
     DaemonProcess,
     caught_up,
@@ -77,3 +78,25 @@ def test_restart_resumes_where_the_ledger_says(
     assert last_run.counters["consumed"] == 100
     assert last_run.status == "stopped"
     assert index_versions(settings) == {**first.expected, **second.expected}
+
+
+def test_elasticsearch_client_path(
+    make_settings: Callable[..., Settings], search_url: str, tmp_path: Path
+) -> None:
+    """The daemon through the official Elasticsearch client (kind forced), against osmem
+    behind the media-type compat proxy: same exact end state."""
+    with CompatProxy(search_url) as proxy:
+        settings = make_settings(
+            partitions=2, search={"url": proxy.url, "kind": "elasticsearch"}
+        )
+        summary = run_produce(
+            settings, "orders", 300, seed=9, invalid_ratio=0.05, duplicate_ratio=0.2
+        )
+        daemon = DaemonProcess(write_config(settings, tmp_path / "c.toml"), tmp_path / "d.log")
+        try:
+            wait_for(caught_up(settings, end_offsets(settings)), 120, "catch-up")
+        finally:
+            assert daemon.stop() == 0, daemon.output()
+        assert '"kind":"elasticsearch"' in daemon.output()
+        assert index_versions(settings) == summary.expected
+    assert len(dead_letter_offsets(settings)) == summary.invalid
