@@ -10,6 +10,7 @@ import itertools
 import time
 from typing import Any
 
+from bench.common import ROOT
 from ingest.batch import Batch
 from ingest.catalog import SchemaCatalog
 from ingest.codec import AvroCodec
@@ -18,8 +19,6 @@ from ingest.samples import sample_orders
 from ingest.settings import StreamSettings
 from ingest.transform import Transformer
 from ingest.types import RawRecord
-
-from bench.common import ROOT
 
 STREAM = StreamSettings(
     name="orders",

@@ -7,6 +7,7 @@ the real index, ledger and broker.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -62,7 +63,12 @@ class Background:
 
     def _run(self, settings: Settings, count: int, seed: int, rate: float) -> None:
         self.summary = run_produce(
-            settings, "orders", count, rate=rate, seed=seed, invalid_ratio=0.03,
+            settings,
+            "orders",
+            count,
+            rate=rate,
+            seed=seed,
+            invalid_ratio=0.03,
             duplicate_ratio=0.2,
         )
 
@@ -196,7 +202,7 @@ def test_stalled_process_cannot_move_offsets_backwards(
     while time.monotonic() < deadline:
         observed.append(ledger_offsets(settings))
         time.sleep(0.3)
-    for earlier, later in zip(observed, observed[1:], strict=False):
+    for earlier, later in itertools.pairwise(observed):
         for p, offset in earlier.items():
             assert later.get(p, 0) >= offset, f"partition {p} went back: {earlier} -> {later}"
     for d in (stale, fresh):
