@@ -738,9 +738,15 @@ class Reindexer:
         if problem is not None:
             self._save(version, state)
             log.error("reindex_count_mismatch", alias=self.alias, old=old, new=new)
+            hint = ""
+            if state.source == "kafka":
+                hint = (
+                    " (records past the topic's retention exist only in the old index: "
+                    "--abort, then reindex with --source index)"
+                )
             raise ReindexError(
                 f"count check failed for {state.target_index}: {problem}; the alias stays on "
-                f"{state.old_index}. Re-run to check again or --abort"
+                f"{state.old_index}. Re-run to check again or --abort{hint}"
             )
         state.step = "verified"
         self._save(version, state)
@@ -890,7 +896,8 @@ class Reindexer:
 
 
 class StreamFiller:
-    """The real fills: Kafka through the stream's pipeline, the old index, archive files."""
+    """The real fills: the Luigi Kafka and file backfills (:mod:`backfill.runner`) aimed at
+    the new index, and a scroll copy of the old index."""
 
     def __init__(self, components: Any, stream: StreamSettings, run_id: int | None) -> None:
         self._components = components
@@ -907,37 +914,23 @@ class StreamFiller:
         raise ConfigError(f"unknown reindex source {job.source!r}")
 
     def _from_kafka(self, job: FillJob, progress: Callable[[FillResult], None]) -> FillResult:
-        """Earliest retained offset (or ``start``) up to the end offsets, every partition.
+        """The Luigi offset backfill: every partition from ``start`` (default the earliest
+        retained offset) up to the end offsets, through the stream's own pipeline.
 
-        The same decode/transform/sink path as the daemon; bad records land in the stream's
-        dead letters (the same rows the daemon wrote, so nothing is counted twice).
+        Its chunks are named by index and offsets, so a fill killed half-way resumes: the
+        chunks already done are skipped. Bad records land in the stream's dead letters (the
+        rows the daemon wrote, so nothing is counted twice).
         """
-        from ingest.batch import Batch
-        from ingest.components import build_pipeline
-        from ingest.source import KafkaRangeReader, OffsetRange
+        from backfill.runner import run_kafka_backfill
 
-        pipeline = build_pipeline(self._components, self._stream, run_id=self._run_id)
-        reader = KafkaRangeReader(self._components.settings)
-        total = FillResult()
-        for partition, end in sorted(job.end_offsets.items()):
-            rng = OffsetRange(
-                self._stream.topic, partition, job.start_offsets.get(partition, 0), end
-            )
-            for records in reader.read(rng, batch_records=self._stream.max_batch_records):
-                batch = Batch()
-                pipeline.processor.process(records, batch, time.monotonic())
-                outcome = pipeline.writer.flush(batch, [job.target], ())
-                total.add(
-                    FillResult(
-                        read=outcome.records,
-                        indexed=outcome.indexed,
-                        deleted=outcome.deleted,
-                        conflicts=outcome.conflicts,
-                        dead_lettered=sum(outcome.dead_letters.values()),
-                    )
-                )
-                progress(total)
-        return total
+        summary = run_kafka_backfill(
+            self._components.settings,
+            self._stream.name,
+            index=job.target,
+            end_offsets=dict(job.end_offsets),
+            start_offsets=dict(job.start_offsets),
+        )
+        return self._summary_result(summary, progress)
 
     def _from_index(self, job: FillJob, progress: Callable[[FillResult], None]) -> FillResult:
         """Scroll the source index and write each hit with its ``_version`` as external version."""
@@ -973,26 +966,29 @@ class StreamFiller:
         return total
 
     def _from_files(self, job: FillJob, progress: Callable[[FillResult], None]) -> FillResult:
-        import importlib
+        """The Luigi file backfill for each ``--path`` (file, directory or glob)."""
+        from backfill.runner import run_file_backfill
 
-        try:
-            runner = importlib.import_module("backfill.runner")
-        except ModuleNotFoundError as exc:
-            raise ConfigError("--source files needs the file backfill (backfill.runner)") from exc
-        run_files = getattr(runner, "run_file_backfill", None)
-        if run_files is None:
-            raise ConfigError("--source files needs backfill.runner.run_file_backfill")
-        summary = run_files(
-            self._components.settings,
-            self._stream.name,
-            [Path(p) for p in job.paths],
-            index=job.target,
-        )
+        total = FillResult()
+        for path in job.paths:
+            summary = run_file_backfill(
+                self._components.settings, self._stream.name, path, index=job.target
+            )
+            total.add(self._summary_result(summary, progress))
+        return total
+
+    @staticmethod
+    def _summary_result(summary: Any, progress: Callable[[FillResult], None]) -> FillResult:
+        if not summary.ok:
+            failed = "; ".join(f"{f.label}: {f.error}" for f in summary.failures[:5])
+            raise ReindexError(
+                f"{summary.chunks_failed} backfill chunk(s) failed ({failed}); re-run to resume"
+            )
         result = FillResult(
-            read=int(getattr(summary, "records", 0) or 0),
-            indexed=int(getattr(summary, "indexed", 0) or 0),
-            deleted=int(getattr(summary, "deleted", 0) or 0),
-            dead_lettered=int(getattr(summary, "dead_lettered", 0) or 0),
+            read=summary.records_read,
+            indexed=summary.records_indexed,
+            conflicts=summary.conflicts,
+            dead_lettered=summary.records_dead_lettered,
         )
         progress(result)
         return result
@@ -1093,8 +1089,8 @@ def reindex(settings: Settings, stream_name: str, options: ReindexOptions) -> Re
     "--path",
     "paths",
     multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="Archive file or directory for --source files (repeatable).",
+    type=str,
+    help="Avro archive file, directory or glob for --source files (repeatable).",
 )
 @click.option(
     "--keep",
@@ -1130,7 +1126,7 @@ def reindex_command(
     config_path: Path | None,
     stream_name: str,
     source: str | None,
-    paths: tuple[Path, ...],
+    paths: tuple[str, ...],
     keep: int | None,
     rollback: bool,
     abort: bool,
@@ -1151,7 +1147,7 @@ def reindex_command(
         sys.exit(EXIT_CONFIG)
     options = ReindexOptions(
         source=source,
-        paths=tuple(str(p) for p in paths),
+        paths=tuple(paths),
         keep=keep,
         rollback=rollback,
         abort=abort,
