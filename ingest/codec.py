@@ -54,23 +54,13 @@ _SCHEMA_ID = struct.Struct(">I")
 UNKNOWN_ID_TTL_S = 60.0
 _MAX_UNKNOWN_IDS = 10_000
 
-#: ``read(framed value) -> (record, end offset)``.
-_Plan = Callable[[bytes], tuple[dict[str, Any], int]]
+#: ``read(framed value, HEADER_SIZE) -> (record, end offset)``; a compiled reader is one.
+_Plan = Callable[[bytes, int], tuple[dict[str, Any], int]]
 
 
 def frame(schema_id: int, avro: bytes) -> bytes:
     """``avro`` behind the Confluent header for ``schema_id``."""
     return _HEADER.pack(MAGIC, schema_id) + avro
-
-
-def _fast_plan(schema: dict[str, Any]) -> _Plan:
-    read = compile_reader(schema)
-
-    def plan(value: bytes) -> tuple[dict[str, Any], int]:
-        record, end = read(value, HEADER_SIZE)
-        return record, end
-
-    return plan
 
 
 _PLAIN_DEFAULTS: dict[str, type | tuple[type, ...]] = {
@@ -129,8 +119,8 @@ def _evolution_plan(writer: dict[str, Any], reader: dict[str, Any]) -> _Plan | N
     dropped = [name for name in writer_types if name not in reader_names]
     read = compile_reader(writer)
 
-    def plan(value: bytes) -> tuple[dict[str, Any], int]:
-        record, end = read(value, HEADER_SIZE)
+    def plan(value: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        record, end = read(value, pos)
         for name in dropped:
             del record[name]
         for name, default in defaults:
@@ -141,9 +131,9 @@ def _evolution_plan(writer: dict[str, Any], reader: dict[str, Any]) -> _Plan | N
 
 
 def _resolving_plan(writer: dict[str, Any], reader: dict[str, Any]) -> _Plan:
-    def plan(value: bytes) -> tuple[dict[str, Any], int]:
+    def plan(value: bytes, pos: int) -> tuple[dict[str, Any], int]:
         stream = BytesIO(value)
-        stream.seek(HEADER_SIZE)
+        stream.seek(pos)
         try:
             record: dict[str, Any] = fastavro.schemaless_reader(stream, writer, reader)  # type: ignore[assignment]
         except fastavro.read.SchemaResolutionError:
@@ -189,8 +179,10 @@ class AvroCodec:
                 raise ConfigError(f"config error: schema_registry.url: {exc}") from None
         self._registry = registry
         self._clock = clock
-        self._reader_plan = _fast_plan(self.reader.schema)
+        self._reader_plan: _Plan = compile_reader(self.reader.schema)
         self._plans: dict[int, _Plan] = {self.reader.schema_id: self._reader_plan}
+        #: The hot path's lookup: the 5 header bytes of a known id -> its plan.
+        self._by_header: dict[bytes, _Plan] = {frame(self.reader.schema_id, b""): self._reader_plan}
         self._writers: dict[int, str] = {self.reader.schema_id: self._describe(self.reader)}
         self._unknown_until: dict[int, float] = {}
         self._checkers: dict[int, RecordChecker] = {}
@@ -217,6 +209,26 @@ class AvroCodec:
         Raises a RecordError subclass for any bad input; TransientError (not a record
         error) only when the registry must be asked and cannot answer.
         """
+        try:
+            plan = self._by_header.get(value[:HEADER_SIZE])
+        except TypeError:  # None or not bytes: _plan_for says what is wrong
+            plan = None
+        if plan is None:
+            plan = self._plan_for(value)
+        try:
+            record, end = plan(value, HEADER_SIZE)
+        except Exception as exc:  # noqa: BLE001 - the boundary: classified in _read_error
+            cause = exc.cause if isinstance(exc, ReadFailure) else exc
+            raise self._read_error(value, exc) from cause
+        if end != len(value):
+            raise RecordValidationError(
+                f"{len(value) - end} trailing bytes after the record",
+                detail={"schema_id": _SCHEMA_ID.unpack_from(value, 1)[0], "offset": end},
+            )
+        return record
+
+    def _plan_for(self, value: bytes) -> _Plan:
+        """The plan for a header not seen yet, or the framing error it deserves."""
         if value is None or len(value) < HEADER_SIZE:
             raise FramingError(
                 "shorter than the 5-byte Confluent header",
@@ -229,30 +241,28 @@ class AvroCodec:
             )
         schema_id: int = _SCHEMA_ID.unpack_from(value, 1)[0]
         plan = self._plans.get(schema_id) or self._plan(schema_id)
-        try:
-            record, end = plan(value)
-        except ReadFailure as exc:
-            raise DecodeError(
-                f"Avro binary does not decode with {self._writers[schema_id]}: {exc}",
+        self._by_header[bytes(value[:HEADER_SIZE])] = plan
+        return plan
+
+    def _read_error(self, value: bytes, exc: Exception) -> RecordError:
+        """Classify a failure of a plan: the record's fault, with what is known."""
+        schema_id: int = _SCHEMA_ID.unpack_from(value, 1)[0]
+        writer = self._writers.get(schema_id, f"writer schema {schema_id}")
+        if isinstance(exc, ReadFailure):
+            return DecodeError(
+                f"Avro binary does not decode with {writer}: {exc}",
                 detail={"schema_id": schema_id, "offset": exc.offset},
-            ) from exc.cause
-        except fastavro.read.SchemaResolutionError as exc:
-            raise RecordValidationError(
-                f"{self._writers[schema_id]} cannot be read as {self._describe(self.reader)}:"
-                f" {exc}",
-                detail={"schema_id": schema_id},
-            ) from exc
-        except Exception as exc:  # the boundary: whatever else escapes is this record's
-            raise DecodeError(
-                f"Avro binary does not decode: {type(exc).__name__}: {exc}",
-                detail={"schema_id": schema_id},
-            ) from exc
-        if end != len(value):
-            raise RecordValidationError(
-                f"{len(value) - end} trailing bytes after the record",
-                detail={"schema_id": schema_id, "offset": end},
             )
-        return record
+        if isinstance(exc, fastavro.read.SchemaResolutionError):
+            return RecordValidationError(
+                f"{writer} cannot be read as {self._describe(self.reader)}: {exc}",
+                detail={"schema_id": schema_id},
+            )
+        # The boundary: whatever else escapes is this record's.
+        return DecodeError(
+            f"Avro binary does not decode: {type(exc).__name__}: {exc}",
+            detail={"schema_id": schema_id},
+        )
 
     def decode_batch(self, values: Sequence[bytes]) -> list[dict[str, Any] | RecordError]:
         """Decode many values; each bad one becomes its RecordError in place."""
