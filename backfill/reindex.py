@@ -53,19 +53,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import click
 import orjson
 import structlog
 
-from ingest.catalog import SchemaCatalog
 from ingest.errors import ConfigError, FatalError, IngestError
-from ingest.indices import ensure_live_index, physical_index_name
-from ingest.ledger import IndexVersionRow, RunRow
-from ingest.mapping import index_definition
 from ingest.settings import IndexSettings, Settings, StreamSettings
 from ingest.types import IndexAction, RawRecord
+
+if TYPE_CHECKING:  # the ledger pulls in psycopg: kept out of `backfill --help`
+    from ingest.catalog import SchemaCatalog
+    from ingest.ledger import IndexVersionRow, RunRow
 
 log = structlog.get_logger(__name__)
 
@@ -517,6 +517,8 @@ class Reindexer:
     # -- starting ---------------------------------------------------------------------------
 
     def _live(self) -> IndexVersionRow:
+        from ingest.indices import ensure_live_index
+
         live = self.ledger.live_version(self.alias)
         if live is None:
             ensure_live_index(self.search, self.ledger, self.stream, self.catalog)  # type: ignore[arg-type]
@@ -533,6 +535,9 @@ class Reindexer:
         return live
 
     def _begin_build(self) -> tuple[int, ReindexState]:
+        from ingest.indices import physical_index_name
+        from ingest.mapping import index_definition
+
         live = self._live()
         versions = self.ledger.index_versions(self.alias)
         version = next_version(versions)
@@ -584,6 +589,8 @@ class Reindexer:
         return version, state
 
     def _begin_rollback(self) -> tuple[int, ReindexState]:
+        from ingest.mapping import index_definition
+
         live = self._live()
         target = rollback_target(live, self.ledger.index_versions(self.alias))
         if target is None or not self.search.index_exists(target.index_name):
