@@ -295,3 +295,35 @@ def test_backfill_racing_the_daemon_never_overwrites_newer_documents(
     newest = {u.order["order_id"]: millis(u.order["updated_at"]) for u in second if u.order}
     assert index_versions(settings) == newest
     assert "100 already newer in the index" in out, out[-3000:]
+
+
+def test_the_same_tasks_run_with_the_luigi_command(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """``luigi --module backfill.tasks KafkaBackfill ...`` plans and runs the same chunks the
+    ``backfill`` command would, recorded in the ledger."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.integration.backfill_support import REPO_ROOT
+    from tests.support.daemon import write_config
+
+    settings = make_settings(partitions=2)
+    produce(settings, spread(81, 40, 2, BASE_MS, 60_000))
+    config = write_config(settings, tmp_path / "luigi-run.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("luigi")),
+            "--module", "backfill.tasks", "KafkaBackfill",
+            "--stream", "orders", "--since", SINCE, "--until", UNTIL, "--chunk", "1h",
+            "--config", str(config), "--local-scheduler", "--retcode-task-failed", "3",
+        ],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = chunk_rows(settings)
+    assert len(rows) == 4 and {r.status for r in rows} == {"done"}
+    assert len(index_versions(settings)) == 40
