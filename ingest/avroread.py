@@ -42,6 +42,8 @@ class ReadFailure(ValueError):
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _MAX_ZERO_SIZE_ITEMS = 1_000_000
+#: Where a negative length points: past the end of any buffer.
+_TOO_FAR = 2**62
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_NAIVE = dt.datetime(1970, 1, 1)
 
@@ -64,6 +66,8 @@ class _Gen:
             "_MAX_ZERO": _MAX_ZERO_SIZE_ITEMS,
             "_ReadFailure": ReadFailure,
             "_ZZ": tuple((b >> 1) ^ -(b & 1) for b in range(128)),
+            "_LEN": tuple(_TOO_FAR if b & 1 else b >> 1 for b in range(128)),
+            "_TOO_FAR": _TOO_FAR,
         }
         self.named: dict[str, Any] = {}
         self.functions: dict[str, list[str]] = {}
@@ -154,11 +158,21 @@ class _Gen:
         ]
         out += [f"{ind}    {line}" for line in slow or []]
 
-    def length(self, out: list[str], ind: str, target: str) -> None:
-        self.varint(out, ind, target)
+    def length(self, out: list[str], ind: str, stop: str) -> None:
+        """Read a length prefix into ``stop``, the offset just past the value it announces.
+
+        A negative length maps to a stop past any buffer, so one comparison refuses both.
+        """
+        self.varint(
+            out,
+            ind,
+            stop,
+            fast=[f"{stop} = pos + _LEN[b]"],
+            slow=[f"{stop} = pos + {stop} if {stop} >= 0 else _TOO_FAR"],
+        )
         out += [
-            f"{ind}if {target} < 0 or pos + {target} > end:",
-            f"{ind}    raise ValueError('length ' + str({target}) + ' at byte ' + str(pos) + "
+            f"{ind}if {stop} > end:",
+            f"{ind}    raise ValueError('a length at byte ' + str(pos) + "
             "' does not fit the remaining ' + str(end - pos) + ' bytes')",
         ]
 
@@ -232,14 +246,14 @@ class _Gen:
         elif kind == "float":
             out += [f"{ind}{target} = _unpack_float(buf, pos)[0]", f"{ind}pos += 4"]
         elif kind in ("string", "bytes"):
-            n = self.var("n")
-            self.length(out, ind, n)
-            read = f"buf[pos:pos + {n}]"
+            stop = self.var("e")
+            self.length(out, ind, stop)
+            read = f"buf[pos:{stop}]"
             out += [
                 f"{ind}{target} = {read}.decode()"
                 if kind == "string"
                 else f"{ind}{target} = {read}",
-                f"{ind}pos += {n}",
+                f"{ind}pos = {stop}",
             ]
         else:
             raise ValueError(f"unknown Avro type {kind!r}")
