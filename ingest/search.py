@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
+import orjson
 import structlog
 
 from ingest.errors import ConfigError, IngestError, TransientError
@@ -136,9 +137,12 @@ class _ElasticsearchBackend:
 
     def __init__(self, settings: SearchSettings, compat_major: int | None) -> None:
         from elasticsearch import Elasticsearch
+        from elasticsearch.serializer import OrjsonSerializer
 
         self._es = Elasticsearch(
             settings.url,
+            # orjson parses a 2,000-item bulk response several times faster than json
+            serializers={JSON: OrjsonSerializer()},
             max_retries=0,
             retry_on_status=(),
             retry_on_timeout=False,
@@ -210,6 +214,22 @@ def _es_auth(settings: SearchSettings) -> dict[str, Any]:
     return kw
 
 
+def _orjson_loads_serializer() -> Any:
+    from opensearchpy.exceptions import SerializationError
+    from opensearchpy.serializer import JSONSerializer
+
+    class OrjsonLoadsSerializer(JSONSerializer):
+        """Parses responses with orjson (bulk responses are large); writes like the default."""
+
+        def loads(self, s: str | bytes) -> Any:
+            try:
+                return orjson.loads(s)
+            except orjson.JSONDecodeError as exc:
+                raise SerializationError(s, exc) from exc
+
+    return OrjsonLoadsSerializer
+
+
 class _OpenSearchBackend:
     """``opensearch-py``; also used for the kind probe, since it checks no product header."""
 
@@ -231,6 +251,7 @@ class _OpenSearchBackend:
             headers["authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
         self._os = OpenSearch(
             hosts=[settings.url],
+            serializer=_orjson_loads_serializer()(),
             max_retries=0,
             retry_on_status=(),
             retry_on_timeout=False,
