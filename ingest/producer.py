@@ -84,6 +84,8 @@ class RecordProducer:
             {
                 "enable.idempotence": True,
                 "acks": "all",
+                # A typo in a topic name must fail, not create a topic nobody reads.
+                "allow.auto.create.topics": False,
                 "linger.ms": 5,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
                 "error_cb": self._on_error,

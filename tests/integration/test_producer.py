@@ -165,3 +165,15 @@ def test_rate_limits_records_per_second(make_settings: Callable[..., Settings]) 
     took = time.monotonic() - started
     assert summary.sent == 30
     assert took >= 29 / 50 * 0.9
+
+
+def test_a_missing_topic_is_refused_not_created(
+    make_settings: Callable[..., Settings], kafka_bootstrap: str, unique: str
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    settings = make_settings(partitions=None, topic=unique + "-missing")
+    with pytest.raises(ConfigError, match=r"topic '.*-missing' is not usable.*nknown topic"):
+        run_produce(settings, "orders", 5, connect_timeout_s=5)
+    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=5).topics
+    assert unique + "-missing" not in topics
