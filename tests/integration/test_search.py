@@ -237,3 +237,84 @@ def test_compat_proxy_reuses_connections_and_stops_cleanly(search_url: str) -> N
     with socket.socket() as s, pytest.raises(OSError):
         s.settimeout(1)
         s.connect((host, int(port)))
+
+
+class _Recorder:
+    """A loopback HTTP server answering GET / like a cluster and recording request headers;
+    answers 401 when ``status`` says so. Stands in for a secured cluster (osmem has no auth)."""
+
+    def __init__(self, distribution: str, status: int = 200) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.headers: list[dict[str, str]] = []
+        recorder = self
+        info = {"version": {"number": "9.0.0", "distribution": distribution}}
+        error = {"error": {"type": "security_exception", "reason": "unable to authenticate"}}
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                recorder.headers.append({k.lower(): v for k, v in self.headers.items()})
+                body = json.dumps(info if status == 200 else error).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("X-Elastic-Product", "Elasticsearch")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize("kind", ["opensearch", "elasticsearch"])
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        pytest.param(
+            {"username": "ingest", "password": "s3cret"}, "Basic aW5nZXN0OnMzY3JldA==", id="basic"
+        ),
+        pytest.param({"api_key": "a2V5OnZhbA=="}, "ApiKey a2V5OnZhbA==", id="api-key"),
+        pytest.param({"bearer_token": "tok.en"}, "Bearer tok.en", id="bearer"),
+    ],
+)
+def test_credentials_are_sent_by_both_clients(
+    kind: str, auth: dict[str, str], expected: str
+) -> None:
+    """Basic, API key and bearer credentials reach the server as Authorization headers."""
+    server = _Recorder(kind)
+    try:
+        settings = SearchSettings(url=server.url, **auth)  # type: ignore[arg-type]
+        with connect_search(settings) as client:
+            assert client.kind == kind
+            client.info()
+        assert [h.get("authorization") for h in server.headers] == [expected, expected]
+    finally:
+        server.close()
+
+
+def test_refused_credentials_are_one_config_line_without_secret() -> None:
+    """A 401 at start is a ConfigError that says so and does not echo the password."""
+    server = _Recorder("opensearch", status=401)
+    try:
+        settings = SearchSettings(url=server.url, username="ingest", password="s3cret")  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="refused the credentials") as info:
+            connect_search(settings)
+        assert "s3cret" not in str(info.value)
+    finally:
+        server.close()
