@@ -13,7 +13,7 @@ float / double                 ``float`` / ``double``
 timestamp-*, date              ``date``, format ``strict_date_optional_time||epoch_millis``
                                (transform writes ISO-8601 with milliseconds and ``Z``;
                                dates as ``YYYY-MM-DD``)
-time-millis / time-micros      ``integer`` / ``long`` (the underlying number)
+time-millis / time-micros      ``keyword``: rendered ``HH:MM:SS.ffffff``, which sorts as text
 decimal                        ``double``: the transform writes JSON numbers. ``scaled_float``
                                would be exact to the scale but behaves differently across
                                Elasticsearch and OpenSearch versions; override per field if
@@ -62,6 +62,8 @@ _LOGICAL_MAPPINGS: dict[str, dict[str, Any]] = {
     "date": {"type": "date", "format": DATE_FORMAT},
     "decimal": {"type": "double"},
     "uuid": {"type": "keyword"},
+    "time-millis": {"type": "keyword"},
+    "time-micros": {"type": "keyword"},
 }
 _MAP_MAPPING: dict[str, Any] = {"type": "object", "dynamic": True}
 

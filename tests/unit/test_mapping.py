@@ -39,7 +39,7 @@ def one_field(avro_type: Any) -> dict[str, Any]:
         ),
         pytest.param({"type": "int", "logicalType": "date"}, DATE, id="date"),
         pytest.param(
-            {"type": "int", "logicalType": "time-millis"}, {"type": "integer"}, id="time-millis"
+            {"type": "int", "logicalType": "time-millis"}, {"type": "keyword"}, id="time-millis"
         ),
         pytest.param(
             {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2},
@@ -52,6 +52,9 @@ def one_field(avro_type: Any) -> dict[str, Any]:
             id="decimal-fixed",
         ),
         pytest.param({"type": "string", "logicalType": "uuid"}, {"type": "keyword"}, id="uuid"),
+        pytest.param(
+            {"type": "long", "logicalType": "time-micros"}, {"type": "keyword"}, id="time-micros"
+        ),
         pytest.param(
             {"type": "string", "logicalType": "made-up"}, {"type": "keyword"}, id="unknown-logical"
         ),
