@@ -416,7 +416,8 @@ class ReindexResult:
     def summary(self) -> str:
         parts = [f"{self.action} {self.alias}"]
         if self.index:
-            parts.append(f"live={self.index}")
+            label = "live" if self.action in ("reindexed", "rolled back") else "index"
+            parts.append(f"{label}={self.index}")
         if self.previous_index:
             parts.append(f"previous={self.previous_index}")
         if self.source:
@@ -675,7 +676,9 @@ class Reindexer:
         since = datetime.fromisoformat(state.marked_at) if state.marked_at else None
         acked = self._wait_for_daemons(version, since, "start dual-writing")
         committed = self.ledger.offsets(self.group, self.stream.topic)
-        ends = end_offsets(committed, None if acked else self._high_watermarks())
+        # The log end only matters to a Kafka fill with nobody dual-writing.
+        to_log_end = state.source == "kafka" and not acked
+        ends = end_offsets(committed, self._high_watermarks() if to_log_end else None)
         state.end_offsets = str_keys(ends)
         state.step = "acked"
         self._save(version, state)

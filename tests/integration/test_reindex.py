@@ -11,6 +11,7 @@ the reindex's wait for the dual-write acknowledgement is short.
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 
 from backfill.reindex import PAUSE_POINTS
@@ -242,11 +244,30 @@ def test_kill_9_at_every_step_then_rerun_converges(
             assert on == ({f"{alias}-v2"} if point == "swapped" else {f"{alias}-v1"}), point
             assert version_states(settings).get(2) in (None, "building"), point
         reindex(settings, tmp_path, name="reindex-final")
+
+        # An unswapped build given up while the daemon dual-writes to it: the index is
+        # deleted only once the daemon stopped writing there, and the daemon lives on.
+        proc = start_cli(
+            "--stream",
+            "orders",
+            settings=settings,
+            workdir=tmp_path,
+            name="reindex-v3",
+            command=REINDEX,
+            extra_env={"INGEST_REINDEX_PAUSE_AT": "filled"},
+        )
+        try:
+            proc.wait_output(r"reindex_paused", timeout_s=60)
+        finally:
+            kill_9(proc)
+        assert "aborted build of" in reindex(settings, tmp_path, "--abort", name="abort")
     finally:
         expected = settle(settings, producer, daemon)
-    assert version_states(settings) == {1: "retired", 2: "live"}
+    assert version_states(settings) == {1: "retired", 2: "live", 3: "deleted"}
     assert alias_indices(settings) == {f"{alias}-v2": {"is_write_index": True}}
     assert index_versions(settings, f"{alias}-v2") == expected
+    with connect_search(settings.search) as client:
+        assert not client.index_exists(f"{alias}-v3")
 
 
 def test_reindex_without_a_daemon_and_a_second_run_refused_while_one_runs(
@@ -285,6 +306,32 @@ def test_reindex_without_a_daemon_and_a_second_run_refused_while_one_runs(
     # v1 was created empty by the reindex itself (no daemon ever ran); v2 is from Kafka.
     assert version_states(settings) == {1: "retired", 2: "live"}
     assert index_versions(settings, f"{alias}-v2") == expected
+
+
+def test_reindex_from_archive_files(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """An index filled from archive files is rebuilt from the same files."""
+    from backfill.runner import run_file_backfill
+    from ingest.components import open_components
+    from ingest.indices import ensure_live_index
+
+    settings = make_settings(partitions=1)
+    orders = list(itertools.islice(sample_orders(21), 40))
+    schema = SchemaCatalog.load(settings.schemas_dir).latest("orders")
+    archive = tmp_path / "lake" / "part-0.avro"
+    archive.parent.mkdir(parents=True)
+    with archive.open("wb") as fo:
+        fastavro.writer(fo, schema.schema, orders)
+    with open_components(settings) as c:
+        ensure_live_index(c.search, c.ledger, settings.streams[0], c.catalog)
+    assert run_file_backfill(settings, "orders", str(archive)).ok
+    expected = {o["order_id"]: millis(o["updated_at"]) for o in orders}
+    alias = settings.streams[0].alias
+    assert index_versions(settings, f"{alias}-v1") == expected
+
+    out = reindex(settings, tmp_path, "--source", "files", "--path", str(tmp_path / "lake"))
+    assert "source=files" in out and "old_count=40 new_count=40" in out
+    assert version_states(settings) == {1: "retired", 2: "live"}
+    assert index_versions(settings) == expected
 
 
 def test_rollback_and_abort_refusals(

@@ -409,6 +409,7 @@ def test_abort_removes_the_unswapped_build(world: dict[str, Any]) -> None:
         machine(world, sleep=killing_sleep, pause_at="filled").run()
     result = machine(world, abort=True).run()
     assert result.action == "aborted build of"
+    assert result.summary() == "aborted build of orders index=orders-v2"
     assert world["ledger"].state(2) == "deleted"
     assert "orders-v2" not in world["search"].docs
     assert set(world["search"].aliases) == {"orders-v1"}
