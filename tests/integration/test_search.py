@@ -243,7 +243,9 @@ class _Recorder:
     """A loopback HTTP server answering GET / like a cluster and recording request headers;
     answers 401 when ``status`` says so. Stands in for a secured cluster (osmem has no auth)."""
 
-    def __init__(self, distribution: str, status: int = 200) -> None:
+    def __init__(
+        self, distribution: str, status: int = 200, tls: tuple[str, str] | None = None
+    ) -> None:
         import json
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -270,7 +272,15 @@ class _Recorder:
                 self.wfile.write(body)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -316,5 +326,56 @@ def test_refused_credentials_are_one_config_line_without_secret() -> None:
         with pytest.raises(ConfigError, match="refused the credentials") as info:
             connect_search(settings)
         assert "s3cret" not in str(info.value)
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM paths)."""
+    import subprocess
+
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.mark.parametrize("kind", ["opensearch", "elasticsearch"])
+def test_tls_with_ca_file_and_verification(kind: str, self_signed: tuple[str, str]) -> None:
+    """A private CA is trusted via ca_file; without it verification fails at start with a
+    ConfigError; verify_certs=false connects anyway (the operator's explicit choice)."""
+    server = _Recorder(kind, tls=self_signed)
+    try:
+        with connect_search(SearchSettings(url=server.url, ca_file=self_signed[0])) as client:
+            assert client.kind == kind
+            assert client.info()["version"]["distribution"] == kind
+        with pytest.raises(ConfigError, match="unreachable") as refused:
+            connect_search(SearchSettings(url=server.url))
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+        with connect_search(SearchSettings(url=server.url, verify_certs=False)) as client:
+            assert client.info()["version"]["number"] == "9.0.0"
     finally:
         server.close()
