@@ -51,7 +51,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -451,7 +451,6 @@ class Reindexer:
         run_id: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self.stream = stream
@@ -466,12 +465,14 @@ class Reindexer:
         self.run_id = run_id
         self._sleep = sleep
         self._clock = clock
-        self._now = now
+        #: (database time, local monotonic time) of the last ledger write we saw.
+        self._anchor: tuple[datetime, float] | None = None
         rt = settings.runtime
-        self.stale_s = max(15.0, 6 * rt.heartbeat_s)
-        self.ack_timeout_s = options.ack_timeout_s or max(
-            60.0, 8 * (rt.heartbeat_s + rt.index_poll_s)
-        )
+        # A daemon blocked in sink retries does not heartbeat, for up to max_retry_s, after
+        # which it exits. Only a run silent for longer is surely gone; one silent for less
+        # may still flush a batch it read before the switch, so it is waited for.
+        self.stale_s = rt.max_retry_s + 4 * rt.heartbeat_s + 10
+        self.ack_timeout_s = options.ack_timeout_s or self.stale_s + 30
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -674,6 +675,7 @@ class Reindexer:
 
     def _acknowledge(self, version: int, state: ReindexState) -> None:
         since = datetime.fromisoformat(state.marked_at) if state.marked_at else None
+        self._save(version, state)  # also reads the database clock
         acked = self._wait_for_daemons(version, since, "start dual-writing")
         committed = self.ledger.offsets(self.group, self.stream.topic)
         # The log end only matters to a Kafka fill with nobody dual-writing.
@@ -825,7 +827,7 @@ class Reindexer:
         while True:
             runs = self.ledger.runs("stream", 200, stream=self.stream.name, status="running")
             acked, waiting = daemon_acks(
-                runs, want=want, since=since, now=self._now(), stale_s=self.stale_s
+                runs, want=want, since=since, now=self._db_now(), stale_s=self.stale_s
             )
             if not waiting:
                 return acked
@@ -863,7 +865,7 @@ class Reindexer:
             return ReindexResult(
                 alias=self.alias, action="aborted rollback of", index=row.index_name
             )
-        marked = self.ledger.set_index_state(self.alias, version, "failed")
+        marked = self._note(self.ledger.set_index_state(self.alias, version, "failed"))
         log.warning("reindex_aborted", alias=self.alias, index=row.index_name)
         try:
             self._wait_for_daemons(0, marked.updated_at, "stop dual-writing")
@@ -889,8 +891,21 @@ class Reindexer:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _save(self, version: int, state: ReindexState) -> None:
-        self.ledger.set_index_state(self.alias, version, "building", state.to_details())
+    def _save(self, version: int, state: ReindexState) -> IndexVersionRow:
+        return self._note(
+            self.ledger.set_index_state(self.alias, version, "building", state.to_details())
+        )
+
+    def _note(self, row: IndexVersionRow) -> IndexVersionRow:
+        """Remember the database's clock: heartbeats are judged by it, not by ours."""
+        self._anchor = (row.updated_at, self._clock())
+        return row
+
+    def _db_now(self) -> datetime:
+        if self._anchor is None:
+            return datetime.now(UTC)
+        at, mono = self._anchor
+        return at + timedelta(seconds=self._clock() - mono)
 
     def _pause(self, point: str) -> None:
         if self.options.pause_at != point:

@@ -314,40 +314,51 @@ def test_orphan_index_from_a_kill_before_the_ledger_row_is_rebuilt(world: dict[s
     assert world["search"].created == ["orders-v2", "orders-v2"]
 
 
+def daemon_run(heartbeat_at: datetime, counters: dict[str, Any]) -> RunRow:
+    return RunRow(
+        7,
+        "stream",
+        "orders",
+        {},
+        "running",
+        "h",
+        1,
+        heartbeat_at,
+        heartbeat_at,
+        None,
+        counters,
+        None,
+    )
+
+
 def test_waits_for_running_daemons_to_dual_write(world: dict[str, Any]) -> None:
-    """No daemon acknowledging in time: an error, and the build stays resumable."""
+    """No daemon acknowledging in time: an error, and the build stays resumable.
+
+    The fake database's clock is years behind ours: a heartbeat is judged fresh by the
+    database's clock, so the silent-looking daemon is still waited for.
+    """
     ledger: FakeLedger = world["ledger"]
-    now = datetime.now(UTC)
-    ledger.daemons = [
-        RunRow(7, "stream", "orders", {}, "running", "h", 1, now, now, None, {}, None)
-    ]
+    ledger.daemons = [daemon_run(ledger.tick, {})]
     with pytest.raises(ReindexError, match=r"did not start dual-writing"):
         machine(world, ack_timeout_s=1).run()
     row = ledger.building_version(ALIAS)
     assert row is not None and ReindexState.from_row(row).step == "created"  # type: ignore[union-attr]
     # The daemon switches: heartbeat after the mark, reporting the version.
-    later = datetime.now(UTC) + timedelta(seconds=1)
-    ledger.daemons = [
-        RunRow(
-            7,
-            "stream",
-            "orders",
-            {},
-            "running",
-            "h",
-            1,
-            now,
-            later,
-            None,
-            {"dual_write_version": 2},
-            None,
-        )
-    ]
+    ledger.daemons = [daemon_run(ledger.tick + timedelta(seconds=1), {"dual_write_version": 2})]
     ledger.committed = {0: 4, 1: 3}
     machine(world).run()
     state = ReindexState.from_row(ledger.rows[2])
     assert state is not None and state.end_offsets == {"0": 4, "1": 3}
     assert state.swap_offsets == {"0": 4, "1": 3}
+
+
+def test_a_daemon_silent_beyond_its_retry_budget_is_not_waited_for(
+    world: dict[str, Any],
+) -> None:
+    """Past max_retry_s a live daemon would have exited: its run is a leftover of a kill."""
+    ledger: FakeLedger = world["ledger"]
+    ledger.daemons = [daemon_run(ledger.tick - timedelta(seconds=400), {})]
+    assert machine(world, ack_timeout_s=1).run().index == "orders-v2"
 
 
 def test_count_check_refuses_the_swap(world: dict[str, Any]) -> None:
