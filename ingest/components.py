@@ -20,7 +20,7 @@ from ingest.retry import OnRetry
 from ingest.search import SearchClient, connect_search
 from ingest.settings import Settings, StreamSettings
 from ingest.sink import BulkSink
-from ingest.transform import Transformer
+from ingest.transform import Transformer, load_hook
 
 
 @dataclass
@@ -41,6 +41,8 @@ def open_components(settings: Settings) -> Iterator[Components]:
     catalog = SchemaCatalog.load(settings.schemas_dir)
     for stream in settings.streams:
         catalog.latest(stream.subject)
+        if stream.transform:
+            load_hook(stream.transform)  # a missing hook is a config error, at start
     ledger = PostgresLedger.from_settings(settings.ledger)
     try:
         ledger.migrate()

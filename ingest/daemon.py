@@ -34,7 +34,7 @@ import structlog
 
 from ingest.batch import Batch, FlushPolicy
 from ingest.components import Components, build_pipeline, open_components
-from ingest.errors import FatalError, FencedError, IngestError
+from ingest.errors import ConfigError, FatalError, FencedError, IngestError, TransientError
 from ingest.health import Health
 from ingest.indices import IndexRouter, ensure_live_index
 from ingest.ledger import OffsetCommit
@@ -42,7 +42,7 @@ from ingest.metrics import Metrics
 from ingest.pipeline import FlushOutcome
 from ingest.retry import RetryEvent
 from ingest.settings import Settings, StreamSettings
-from ingest.source import KafkaSource, consumer_config
+from ingest.source import KafkaRangeReader, KafkaSource, consumer_config
 
 log = structlog.get_logger(__name__)
 
@@ -302,6 +302,18 @@ class StreamWorker:
         )
 
 
+def check_topics(settings: Settings, streams: Sequence[StreamSettings]) -> None:
+    """Fail at start, in bounded time, when Kafka is unreachable or a topic is missing."""
+    reader = KafkaRangeReader(settings, timeout_s=8.0)
+    for stream in streams:
+        try:
+            reader.partitions(stream.topic)
+        except TransientError as exc:
+            raise ConfigError(
+                f"Kafka at {settings.kafka.bootstrap_servers} is unreachable: {exc}"
+            ) from None
+
+
 class Daemon:
     """Runs one :class:`StreamWorker` thread per stream and handles signals."""
 
@@ -322,6 +334,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._handle_signal)
         signal.signal(signal.SIGINT, self._handle_signal)
         with open_components(self.settings) as components:
+            check_topics(self.settings, self.streams)
             self.health.set_connected(True)
             server = None
             if self.settings.runtime.metrics_port is not None:
@@ -368,16 +381,15 @@ class Daemon:
         return True
 
     def _run_worker(self, stream: StreamSettings, components: Components) -> None:
-        worker = StreamWorker(
-            self.settings,
-            stream,
-            components=components,
-            stop=self.stop,
-            metrics=self.metrics,
-            health=self.health,
-        )
         try:
-            worker.run()
+            StreamWorker(
+                self.settings,
+                stream,
+                components=components,
+                stop=self.stop,
+                metrics=self.metrics,
+                health=self.health,
+            ).run()
         except FatalError as exc:
             log.error("stream_failed", stream=stream.name, error=str(exc))
             self.health.loop_exited(str(exc))

@@ -366,7 +366,8 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>") -> Setting
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        raise ConfigError(f"config error in {source}: {loc}: {msg}") from None
+        line = f"config error in {source}: {loc}: {msg}"
+        raise ConfigError(" ".join(line.split())) from None
 
 
 def load_settings(
@@ -377,11 +378,16 @@ def load_settings(
     explicit = path is not None or "INGEST_CONFIG" in env
     cfg_path = Path(path or env.get("INGEST_CONFIG") or DEFAULT_CONFIG_PATH)
     data: dict[str, Any] = {}
-    if cfg_path.exists():
+    exists = _exists(cfg_path)
+    if exists:
         try:
-            data = tomllib.loads(cfg_path.read_text())
+            data = tomllib.loads(cfg_path.read_bytes().decode("utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config error in {cfg_path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config error in {cfg_path}: not UTF-8 text (byte {exc.start})"
+            ) from None
         except OSError as exc:
             raise ConfigError(f"config error: cannot read {cfg_path}: {exc.strerror}") from None
     elif explicit:
@@ -389,9 +395,20 @@ def load_settings(
     _resolve_file_keys(data)
     _apply_env(data, env)
     settings = parse_settings(data, source=str(cfg_path))
-    if not settings.schemas_dir.is_absolute() and cfg_path.exists():
-        base = cfg_path.resolve().parent
-        candidate = base / settings.schemas_dir
-        if candidate.exists():
+    if not settings.schemas_dir.is_absolute() and exists:
+        candidate = cfg_path.resolve().parent / settings.schemas_dir
+        if _exists(candidate):
             settings = settings.model_copy(update={"schemas_dir": candidate})
+    try:
+        settings.kafka.client_config()  # reads kafka.client_files now, not mid-run
+    except ValueError as exc:
+        raise ConfigError(f"config error in {cfg_path}: {exc}") from None
     return settings
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()`` that treats unusable paths (too long, bad bytes) as absent."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False

@@ -66,11 +66,22 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
     return conf
 
 
+_ERROR_LOG_EVERY_S = 10.0
+_last_logged: dict[str, tuple[float, int]] = {}
+
+
 def _log_client_error(err: KafkaError) -> None:
+    """librdkafka reports a down broker many times a second: log each kind once per 10 s."""
     if err.fatal():
         log.error("kafka_fatal_error", error=err.str())
-    else:
-        log.warning("kafka_client_error", error=err.str(), code=err.name())
+        return
+    now = time.monotonic()
+    last, suppressed = _last_logged.get(err.name(), (-_ERROR_LOG_EVERY_S, 0))
+    if now - last < _ERROR_LOG_EVERY_S:
+        _last_logged[err.name()] = (last, suppressed + 1)
+        return
+    _last_logged[err.name()] = (now, 0)
+    log.warning("kafka_client_error", error=err.str(), code=err.name(), suppressed=suppressed)
 
 
 def _as_bytes(value: str | bytes | None) -> bytes | None:

@@ -160,11 +160,6 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "does not exist" in _one_error_line(output)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unreachable Kafka is retried forever by librdkafka: the daemon keeps running "
-    "and logs kafka_client_error warnings instead of failing at start",
-)
 def test_unreachable_kafka_fails_at_start(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
