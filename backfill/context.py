@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ingest.ledger import PostgresLedger
+from ingest.logconfig import configure_logging
 from ingest.settings import Settings, load_settings
 
 _lock = threading.Lock()
 _installed: Settings | None = None
 _ledgers: dict[tuple[int, str, str], PostgresLedger] = {}
+_logging_pid: int | None = None
 
 
 @contextmanager
@@ -41,12 +43,22 @@ def use_settings(settings: Settings) -> Iterator[None]:
 
 
 def task_settings(config_path: str = "") -> Settings:
-    """The installed settings, else those loaded from ``config_path`` (or the default)."""
+    """The installed settings, else those loaded from ``config_path`` (or the default).
+
+    Loading from the file means no ``backfill`` entry point set this process up (a plain
+    ``luigi --module backfill.tasks`` run), so logging is configured here, once per process,
+    with the secrets just loaded redacted.
+    """
+    global _logging_pid  # noqa: PLW0603 - once per process
     with _lock:
         installed = _installed
     if installed is not None:
         return installed
-    return load_settings(config_path or None)
+    settings = load_settings(config_path or None)
+    if _logging_pid != os.getpid():
+        configure_logging(level="INFO", secrets=settings.secrets())
+        _logging_pid = os.getpid()
+    return settings
 
 
 def shared_ledger(settings: Settings) -> PostgresLedger:

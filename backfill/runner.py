@@ -112,7 +112,7 @@ class BackfillSummary:
             f"records: {self.records_read} read, {self.records_indexed} indexed, "
             f"{self.records_dead_lettered} dead-lettered, "
             f"{self.records_outside_window} outside the time window, "
-            f"{self.conflicts} already newer in the index",
+            f"{self.conflicts} no-ops (the index already had that version or a newer one)",
         ]
         if self.failures:
             lines.append("failed chunks:")

@@ -109,6 +109,18 @@ def test_window_is_indexed_exactly_and_a_rerun_is_a_noop(
     assert index_versions(settings) == first
     assert {r.attempts for r in chunk_rows(settings)} == {1}
 
+    code, out = run_backfill(
+        "kafka", "--stream", "orders", "--since", SINCE, "--until", UNTIL, "--chunk", "1h",
+        "--force", settings=settings, workdir=tmp_path, name="forced",
+    )  # fmt: skip
+    assert code == 0, out[-4000:]
+    assert _summary_counts(out) == (4, 0, 0)
+    records_line = next(line for line in out.splitlines() if line.startswith("records: "))
+    assert " 0 indexed, 2 dead-lettered" in records_line  # same versions: all no-ops
+    assert f"{len(expected_ids)} no-ops" in records_line
+    assert index_versions(settings) == first
+    assert {(r.status, r.attempts) for r in chunk_rows(settings)} == {("done", 2)}
+
 
 def test_a_failed_chunk_fails_the_run_and_a_rerun_completes_only_it(
     make_settings: Callable[..., Settings], tmp_path: Path, search_url: str, unique: str
@@ -294,7 +306,7 @@ def test_backfill_racing_the_daemon_never_overwrites_newer_documents(
         assert daemon.stop() == 0, daemon.output()[-3000:]
     newest = {u.order["order_id"]: millis(u.order["updated_at"]) for u in second if u.order}
     assert index_versions(settings) == newest
-    assert "100 already newer in the index" in out, out[-3000:]
+    assert "100 no-ops (the index already had that version or a newer one)" in out, out[-3000:]
 
 
 def test_the_same_tasks_run_with_the_luigi_command(

@@ -62,3 +62,16 @@ def test_views_by_mode() -> None:
     assert isinstance(make_view("none"), NullView)
     assert isinstance(make_view("auto", io.StringIO()), LineView)  # not a terminal
     assert isinstance(make_view("lines", io.StringIO()), LineView)
+
+
+def test_the_bar_shows_chunks_and_records() -> None:
+    from rich.console import Console
+
+    from backfill.progress import BarView
+
+    out = io.StringIO()
+    view = BarView(Console(file=out, force_terminal=True, width=120))
+    view.update(_snap(2, 500, failed=1))
+    view.close()
+    text = out.getvalue()
+    assert "2/4" in text and "500/1000" in text and "1 failed" in text

@@ -32,7 +32,7 @@ def test_the_summary_names_every_failed_chunk_and_why() -> None:
     assert summary.render() == [
         "backfill kafka orders: 5 chunks: 3 done, 1 skipped (already done), 1 failed in 3.2s",
         "records: 120 read, 100 indexed, 2 dead-lettered, 18 outside the time window, "
-        "7 already newer in the index",
+        "7 no-ops (the index already had that version or a newer one)",
         "failed chunks:",
         "  orders p1 a..b [KafkaTimeChunk_x]: RetriesExhausted: boom",
     ]
