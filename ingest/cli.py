@@ -155,8 +155,9 @@ def dev_up(state_dir: Path) -> None:
     """Start the stack on free loopback ports; prints `export` lines for it."""
     from ingest.devstack import dev_up as up
     from ingest.devstack import env_exports
+    from ingest.settings import external_ledger_dsn
 
-    endpoints = up(state_dir)
+    endpoints = up(state_dir, postgres_dsn=external_ledger_dsn())
     for line in env_exports(endpoints):
         click.echo(line)
 
@@ -167,10 +168,10 @@ def dev_up(state_dir: Path) -> None:
 def dev_status(state_dir: Path) -> None:
     """Say whether each embedded server is running and answering."""
     from ingest.devstack import dev_status as status
+    from ingest.devstack import status_lines
 
-    info = status(state_dir)
-    for name, item in info.items():
-        click.echo(f"{name:10} {item}")
+    for line in status_lines(status(state_dir)):
+        click.echo(line)
 
 
 @dev.command("down")
@@ -180,8 +181,8 @@ def dev_down(state_dir: Path) -> None:
     """Stop every embedded server; leaves no process behind."""
     from ingest.devstack import dev_down as down
 
-    down(state_dir)
-    click.echo("stack stopped")
+    stopped = down(state_dir)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @main.group()

