@@ -117,8 +117,9 @@ def start_backfill(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     full_env["PYTHONPATH"] = str(REPO_ROOT)
     full_env.update(env or {})
+    progress = ["--progress", "lines"] if args and args[0] in {"kafka", "files"} else []
     return subprocess.Popen(
-        [*BACKFILL, *args, "--config", str(config), "--progress", "lines"],
+        [*BACKFILL, *args, "--config", str(config), *progress],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

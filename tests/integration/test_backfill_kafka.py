@@ -153,6 +153,12 @@ def test_a_failed_chunk_fails_the_run_and_a_rerun_completes_only_it(
         assert "RetriesExhausted" in (bad.error or "")
         assert proxy.poisoned > 0
         assert poison["order_id"] not in index_versions(settings)
+        code, listed = run_backfill(
+            "chunks", "--stream", "orders", "--failed", settings=settings, workdir=tmp_path
+        )
+        assert code == 0, listed
+        [failed_row] = [line for line in listed.splitlines() if line.startswith("failed")]
+        assert bad.task_id in failed_row and "error=RetriesExhausted" in failed_row
 
         proxy.active = False
         code, out = run_backfill(*args, settings=settings, workdir=tmp_path, name="rerun")

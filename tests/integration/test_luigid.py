@@ -23,8 +23,10 @@ from backfill.history import luigi_cfg_value, sqlalchemy_url
 from backfill.kafka_range import format_instant
 from ingest.settings import Settings
 from tests.integration.backfill_support import (
+    BACKFILL,
     BASE_MS,
     HOUR_MS,
+    REPO_ROOT,
     chunk_rows,
     produce,
     run_backfill,
@@ -77,10 +79,26 @@ def history_db(ledger_dsn: str, unique: str) -> Iterator[str]:
         )
 
 
+def _history_line(ledger_dsn: str, database: str, tmp_path: Path) -> str:
+    """``backfill history-url``: the luigi.cfg line for the ledger's server, another database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env.update(PYTHONPATH=str(REPO_ROOT), INGEST_LEDGER_DSN=ledger_dsn)
+    proc = subprocess.run(
+        [*BACKFILL, "history-url", "--database", database],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.strip()
+
+
 @pytest.fixture
-def luigid(history_db: str, tmp_path: Path) -> Iterator[str]:
+def luigid(history_db: str, ledger_dsn: str, tmp_path: Path) -> Iterator[str]:
     """A running luigid recording task history in ``history_db``; its URL."""
     port = _free_port()
+    line = _history_line(
+        ledger_dsn, psycopg.conninfo.conninfo_to_dict(history_db)["dbname"], tmp_path
+    )
+    assert line == f"db_connection = {luigi_cfg_value(sqlalchemy_url(history_db))}"
     cfg = tmp_path / "luigi.cfg"
     cfg.write_text(
         "[scheduler]\n"
@@ -88,7 +106,7 @@ def luigid(history_db: str, tmp_path: Path) -> Iterator[str]:
         f"state_path = {tmp_path / 'luigid-state.pickle'}\n"
         "retry_delay = 1\n"
         "[task_history]\n"
-        f"db_connection = {luigi_cfg_value(sqlalchemy_url(history_db))}\n"
+        f"{line}\n"
     )
     log = tmp_path / "luigid.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
