@@ -64,6 +64,11 @@ def load(config_path: Path | None, *, log_level: str = "INFO") -> Any:
 @click.version_option(package_name="ingest")
 def main() -> None:
     """Kafka -> Avro -> Elasticsearch/OpenSearch ingester with a PostgreSQL ledger."""
+    from ingest.logconfig import configure_logging
+
+    # Logs always go to stderr (stdout is for command output, e.g. `eval "$(ingest dev up)"`);
+    # commands that load settings reconfigure with the secrets to redact.
+    configure_logging(level="WARNING")
 
 
 @main.command()
