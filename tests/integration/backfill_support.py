@@ -143,12 +143,16 @@ def dead_letters(settings: Settings) -> list[Any]:
 
 class PoisonProxy:
     """An HTTP proxy to the search server that answers 503 to any ``_bulk`` request whose
-    body contains ``marker`` while ``active`` — so exactly the chunk holding the marked
-    record fails, whichever order the chunks run in."""
+    body contains ``marker`` while ``active`` (or holds it ``hold_s`` and drops it) — so
+    exactly the chunk holding the marked record fails or hangs, in whatever order the
+    chunks run."""
 
-    def __init__(self, upstream_url: str, marker: bytes) -> None:
+    def __init__(self, upstream_url: str, marker: bytes, *, hold_s: float = 0.0) -> None:
         self.upstream = urlsplit(upstream_url)
         self.marker = marker
+        #: With ``hold_s``, matching requests are held that long instead of failed.
+        self.hold_s = hold_s
+        self.released = threading.Event()
         self.active = True
         self.poisoned = 0
         self._counter = itertools.count()
@@ -165,6 +169,9 @@ class PoisonProxy:
                 body = self.rfile.read(length) if length else b""
                 if proxy.active and "_bulk" in self.path and proxy.marker in body:
                     proxy.poisoned += 1
+                    if proxy.hold_s:
+                        proxy.released.wait(proxy.hold_s)
+                        return
                     data = b'{"error":{"type":"unavailable_shards_exception"},"status":503}'
                     self.send_response(503)
                     self.send_header("Content-Type", "application/json")
@@ -228,5 +235,6 @@ class PoisonProxy:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def close(self) -> None:
+        self.released.set()
         self._server.shutdown()
         self._server.server_close()

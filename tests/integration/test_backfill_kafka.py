@@ -345,3 +345,40 @@ def test_the_same_tasks_run_with_the_luigi_command(
     rows = chunk_rows(settings)
     assert len(rows) == 4 and {r.status for r in rows} == {"done"}
     assert len(index_versions(settings)) == 40
+
+
+def test_a_backfill_killed_mid_chunk_leaves_it_to_the_next_run(
+    make_settings: Callable[..., Settings], tmp_path: Path, search_url: str, unique: str
+) -> None:
+    """kill -9 while a chunk writes: its row stays ``running`` but the lock dies with the
+    connection, so the next run takes the chunk over and finishes it."""
+    import signal
+
+    from tests.support.daemon import wait_for
+
+    marker = f"HANG-{unique}"
+    proxy = PoisonProxy(search_url, marker.encode(), hold_s=60)
+    try:
+        settings = make_settings(partitions=1, search={"url": proxy.url})
+        records = spread(91, 20, 1, BASE_MS, 60_000)
+        records.append(
+            Produced(0, BASE_MS + HOUR_MS + 1, dict(next(iter(orders(92))), notes=marker))
+        )
+        produce(settings, records)
+        args = ("kafka", "--stream", "orders", "--since", SINCE, "--until", UNTIL)
+        victim = start_backfill(*args, settings=settings, workdir=tmp_path, name="victim")
+        try:
+            wait_for(lambda: proxy.poisoned > 0, 60, "the chunk to hang in its bulk write")
+            hung = [r for r in chunk_rows(settings) if r.status == "running"]
+            assert len(hung) == 1
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.communicate(timeout=30)
+        proxy.active = False
+        code, out = run_backfill(*args, settings=settings, workdir=tmp_path, name="after")
+        assert code == 0, out[-4000:]
+        rows = {r.task_id: r for r in chunk_rows(settings)}
+        assert (rows[hung[0].task_id].status, rows[hung[0].task_id].attempts) == ("done", 2)
+        assert len(index_versions(settings)) == 21
+    finally:
+        proxy.close()
