@@ -38,6 +38,7 @@ from ingest.catalog import SchemaVersion
 from ingest.components import Components, build_pipeline
 from ingest.errors import ConfigError, FatalError, IngestError, TransientError
 from ingest.indices import IndexRouter, ensure_live_index
+from ingest.pipeline import BatchWriter, RecordProcessor
 from ingest.retry import RetryEvent, retrying
 from ingest.settings import StreamSettings
 from ingest.source import KafkaRangeReader, OffsetRange
@@ -293,7 +294,7 @@ class _ChunkCopy:
         router.refresh()
         return router.targets()
 
-    def _pump(self, processor: Any, writer: Any, targets: list[str]) -> None:
+    def _pump(self, processor: RecordProcessor, writer: BatchWriter, targets: list[str]) -> None:
         """Read from ``self.position`` to the end, flushing full batches as they fill."""
         stream = self._stream
         max_records = stream.max_batch_records
@@ -313,7 +314,12 @@ class _ChunkCopy:
         self._flush(writer, targets, batch, skipped, next_position)
 
     def _flush(
-        self, writer: Any, targets: list[str], batch: Batch, skipped: int, next_position: int
+        self,
+        writer: BatchWriter,
+        targets: list[str],
+        batch: Batch,
+        skipped: int,
+        next_position: int,
     ) -> None:
         if not batch.is_empty():
             outcome = writer.flush(batch, targets, offsets=())

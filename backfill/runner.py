@@ -18,6 +18,7 @@ The settings passed in are installed for the tasks of this process and its forke
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ import luigi.configuration
 import luigi.interface
 import structlog
 
-from backfill.chunk import describe_error, owner_suffix
+from backfill.chunk import owner_suffix
 from backfill.context import use_settings
 from backfill.files import check_stream_for_files
 from backfill.kafka_range import parse_instant
@@ -230,14 +231,10 @@ def run_file_backfill(
 def _with_workers(options: RunOptions | None, workers: int) -> RunOptions:
     opts = options or RunOptions()
     if workers != 1 and opts.workers == 1:
-        opts = RunOptions(**{**_fields(opts), "workers": workers})
+        opts = dataclasses.replace(opts, workers=workers)
     if opts.workers < 1:
         raise ConfigError("workers must be at least 1")
     return opts
-
-
-def _fields(opts: RunOptions) -> dict[str, Any]:
-    return {name: getattr(opts, name) for name in RunOptions.__slots__}
 
 
 def _instant_ms(value: dt.datetime | str) -> int:
@@ -452,7 +449,6 @@ __all__ = [
     "BackfillSummary",
     "ChunkFailure",
     "RunOptions",
-    "describe_error",
     "run_file_backfill",
     "run_kafka_backfill",
 ]

@@ -50,7 +50,6 @@ from backfill.kafka_range import (
     split_windows,
 )
 from backfill.targets import LedgerChunkTarget
-from ingest.catalog import SchemaCatalog
 from ingest.components import Components, open_components
 from ingest.settings import Settings, StreamSettings
 from ingest.source import KafkaRangeReader
@@ -344,11 +343,6 @@ def file_tasks(
         )
         for f in describe_files(find_files(path))
     ]
-
-
-def check_schema_catalog(settings: Settings, stream: StreamSettings) -> None:
-    """Fail at planning, not in every task, when the stream's schema is missing."""
-    SchemaCatalog.load(settings.schemas_dir).latest(stream.subject)
 
 
 class KafkaBackfill(luigi.WrapperTask):
