@@ -14,9 +14,11 @@ so that a run killed anywhere resumes where it stopped::
               everything from it on is dual-written). With no daemon running, the log end
               instead (reading more is harmless: external versions make a rewrite a no-op)
     fill      copy into the new index: ``kafka`` (earliest retained offset up to the end
-              offsets), ``index`` (scroll the old index, keeping each ``_version`` as the
-              external version) or ``files`` (archive files); restore refresh/replicas in a
-              ``finally``
+              offsets, with the Luigi backfill), ``index`` (scroll the old index, keeping
+              each ``_version`` as the external version) or ``files`` (archive files);
+              then top up from Kafka any partition whose commits moved past its end offset
+              without a dual-written handoff there (a daemon stuck in retries since before
+              the switch); restore refresh/replicas in a ``finally``
     verify    refresh both, require ``new >= old - deletions seen by the fill - tolerance``
     swap      freeze the old index's refresh (so a reader cannot see a document there that the
               new index does not show yet), refresh the new one, move the alias in ONE
@@ -328,6 +330,26 @@ def end_offsets(
     for p, high in (high_watermarks or {}).items():
         ends[p] = max(ends.get(p, 0), int(high))
     return dict(sorted(ends.items()))
+
+
+def handoff_gaps(
+    ends: Mapping[int, int], handoff: Mapping[int, int], committed: Mapping[int, int]
+) -> dict[int, tuple[int, int]]:
+    """Offsets ``[start, stop)`` per partition that may be in the old index only.
+
+    Normally every commit after the acknowledgement is dual-written, and the first
+    dual-written offset a daemon records (the handoff) is at or below the end offset. A
+    partition whose commits moved past its end with no handoff there — a daemon stuck in
+    retries since before the switch flushed its old batch late — is copied up to the
+    handoff, or up to the current commit when none is recorded yet.
+    """
+    gaps: dict[int, tuple[int, int]] = {}
+    for p, now in committed.items():
+        start = ends.get(p, 0)
+        stop = handoff.get(p, now)
+        if now > start and stop > start:
+            gaps[p] = (start, min(stop, now))
+    return gaps
 
 
 def count_problem(old: int, new: int, *, deletions: int, tolerance: int) -> str | None:
@@ -719,6 +741,7 @@ class Reindexer:
         )
         try:
             result = self.filler.fill(job, progress)
+            result.add(self._top_up(version, state, progress))
         finally:
             self._restore(state)
         state.fill = asdict(result)
@@ -726,6 +749,35 @@ class Reindexer:
         self._save(version, state)
         log.info("reindex_filled", alias=self.alias, index=state.target_index, **state.fill)
         self._pause("filled")
+
+    def _top_up(
+        self, version: int, state: ReindexState, progress: Callable[[FillResult], None]
+    ) -> FillResult:
+        """Copy from Kafka what may have reached only the old index after the handoff."""
+        row = self.ledger.building_version(self.alias)
+        handoff = row.handoff if row is not None and int(row.version) == version else {}
+        committed = self.ledger.offsets(self.group, self.stream.topic)
+        gaps = handoff_gaps(int_keys(state.end_offsets), handoff, committed)
+        if not gaps:
+            return FillResult()
+        log.warning(
+            "reindex_handoff_gap",
+            alias=self.alias,
+            gaps={str(p): list(g) for p, g in gaps.items()},
+            handoff=str_keys(handoff),
+        )
+        job = FillJob(
+            source="kafka",
+            target=state.target_index,
+            source_index=state.old_index,
+            start_offsets={p: g[0] for p, g in gaps.items()},
+            end_offsets={p: g[1] for p, g in gaps.items()},
+        )
+        result = self.filler.fill(job, progress)
+        ends = int_keys(state.end_offsets)
+        ends.update({p: max(ends.get(p, 0), g[1]) for p, g in gaps.items()})
+        state.end_offsets = str_keys(ends)
+        return result
 
     def _restore(self, state: ReindexState) -> None:
         """Put back refresh and replicas; also run on resume, since kill -9 skips finally."""

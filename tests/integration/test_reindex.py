@@ -195,7 +195,8 @@ def test_reindex_rollback_and_keep_beside_a_live_stream(
         counts = watcher.finish()
 
     assert watcher.errors == []
-    assert counts and min(counts) >= before, "the alias never shows fewer documents"
+    assert len(counts) > 20, "the watcher ran throughout"
+    assert min(counts) >= before, "the alias never shows fewer documents"
     assert alias_indices(settings) == {f"{alias}-v1": {"is_write_index": True}}
     assert version_states(settings) == {1: "live", 2: "retired"}
     assert index_versions(settings, f"{alias}-v1") == expected, "rollback caught v1 up"

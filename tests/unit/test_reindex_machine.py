@@ -361,6 +361,28 @@ def test_a_daemon_silent_beyond_its_retry_budget_is_not_waited_for(
     assert machine(world, ack_timeout_s=1).run().index == "orders-v2"
 
 
+def test_a_late_alias_only_commit_is_topped_up_from_kafka(world: dict[str, Any]) -> None:
+    """Commits past the end offsets without a handoff are copied again from Kafka."""
+    ledger: FakeLedger = world["ledger"]
+    ledger.committed = {0: 4}
+    reindexer = machine(world, source="index")
+    filler: FakeFiller = reindexer.filler  # type: ignore[assignment]
+    original = filler.fill
+
+    def fill(job: FillJob, progress: Callable[[FillResult], None]) -> FillResult:
+        if not filler.jobs:
+            ledger.committed = {0: 9}  # a stuck daemon flushed its old batch meanwhile
+        return original(job, progress)
+
+    filler.fill = fill  # type: ignore[method-assign]
+    reindexer.run()
+    main, top_up = filler.jobs
+    assert (main.source, main.end_offsets) == ("index", {0: 4})
+    assert (top_up.source, top_up.start_offsets, top_up.end_offsets) == ("kafka", {0: 4}, {0: 9})
+    state = ReindexState.from_row(ledger.rows[2])
+    assert state is not None and state.end_offsets == {"0": 9}
+
+
 def test_count_check_refuses_the_swap(world: dict[str, Any]) -> None:
     """A fill that misses documents leaves the alias where it was."""
     reindexer = machine(world)

@@ -13,6 +13,7 @@ from backfill.reindex import (
     count_problem,
     daemon_acks,
     end_offsets,
+    handoff_gaps,
     next_version,
     prune_plan,
     rollback_target,
@@ -150,6 +151,24 @@ def test_end_offsets_are_the_committed_ones_while_daemons_dual_write() -> None:
 def test_end_offsets_without_daemons_reach_the_log_end() -> None:
     """Committed offsets stay the floor; partitions never committed still get read."""
     assert end_offsets({0: 50, 1: 90}, {0: 60, 1: 80, 2: 7}) == {0: 60, 1: 90, 2: 7}
+
+
+@pytest.mark.parametrize(
+    ("handoff", "committed", "gaps"),
+    [
+        pytest.param({0: 90, 1: 40}, {0: 120, 1: 80}, {}, id="dual-written-from-before-end"),
+        pytest.param({0: 100}, {0: 130}, {}, id="idle-partition-handoff-at-end"),
+        pytest.param({}, {0: 100, 1: 50}, {}, id="nothing-committed-since"),
+        pytest.param({}, {0: 130}, {0: (100, 130)}, id="late-commit-no-handoff"),
+        pytest.param({0: 115}, {0: 130}, {0: (100, 115)}, id="late-commit-then-dual"),
+        pytest.param({}, {2: 9}, {2: (0, 9)}, id="partition-unknown-at-ack"),
+    ],
+)
+def test_handoff_gaps(
+    handoff: dict[int, int], committed: dict[int, int], gaps: dict[int, tuple[int, int]]
+) -> None:
+    """Only commits past the end offset that were not dual-written need a top-up."""
+    assert handoff_gaps({0: 100, 1: 50}, handoff, committed) == gaps
 
 
 @pytest.mark.parametrize(
