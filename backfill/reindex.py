@@ -13,7 +13,8 @@ so that a run killed anywhere resumes where it stopped::
               committed next offset at that moment (everything below is in the old index;
               everything from it on is dual-written). With no daemon running, the log end
               instead (reading more is harmless: external versions make a rewrite a no-op)
-    fill      copy into the new index: ``kafka`` (earliest retained offset up to the end
+    fill      (bulk-load settings again, plus delete tombstones kept 24 h) copy into the new
+              index: ``kafka`` (earliest retained offset up to the end
               offsets, with the Luigi backfill), ``index`` (scroll the old index, keeping
               each ``_version`` as the external version) or ``files`` (archive files);
               then top up from Kafka any partition whose commits moved past its end offset
@@ -32,13 +33,18 @@ and nothing produced during the reindex is lost: records below the end offsets a
 records above them are dual-written.
 
 ``--rollback`` is the same machine aimed at the version the live one replaced: it is marked
-``building`` again (daemons dual-write to it), caught up from Kafka since the recorded swap
-offsets (or copied from the live index with ``--source index``), verified and swapped back.
+``building`` again (daemons dual-write to it), caught up from Kafka since the swap offsets
+recorded when the live version went live (or copied from the live index with ``--source
+index``, which cannot carry deletions over), verified and swapped back.
 ``--keep N`` deletes retired versions beyond the newest N, and failed ones. ``--abort``
 gives up a build that has not swapped yet.
 
 Only one reindex per alias runs at a time: the ledger's chunk lock ``reindex:<alias>`` is a
 PostgreSQL session advisory lock, released by the server if the process dies.
+
+A kill between freezing the old index's refresh and the swap leaves the live index not
+refreshing until the re-run (or ``--abort``) thaws it: readers see no new documents, never
+fewer.
 
 For tests and drills, ``INGEST_REINDEX_PAUSE_AT=<point>`` (or the hidden ``--pause-at``)
 makes the process log ``reindex_paused`` and wait (up to ``INGEST_REINDEX_PAUSE_S``, default
@@ -90,9 +96,11 @@ PAUSE_POINTS: tuple[str, ...] = (
 #: Durable steps stored in ``details.reindex.step``: the last one completed.
 STEPS: tuple[str, ...] = ("created", "acked", "filled", "verified", "swapped")
 
-#: Bulk-load settings of an index being filled (Elasticsearch's guidance).
-BULK_LOAD = {"refresh_interval": "-1", "number_of_replicas": 0}
-_RESTORED_KEYS = ("refresh_interval", "number_of_replicas")
+#: Settings of an index being filled: Elasticsearch's bulk-load guidance (no refresh, no
+#: replicas), and delete tombstones kept long enough that a delete dual-written before the
+#: fill copies an older version of the document still wins (the default keeps them 60 s).
+BULK_LOAD = {"refresh_interval": "-1", "number_of_replicas": 0, "gc_deletes": "24h"}
+_RESTORED_KEYS = ("refresh_interval", "number_of_replicas", "gc_deletes")
 
 LOCK_FAMILY = "reindex"
 
@@ -269,18 +277,24 @@ def bulk_load_definition(
     definition: Mapping[str, Any], index_settings: IndexSettings
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(body, restore)``: the create-index body with bulk-load settings, and the values to
-    put back once the fill is done (from the definition, else the stream's settings)."""
-    others, picked = split_settings(dict(definition.get("settings") or {}))
-    restore = {
-        "refresh_interval": picked.get("refresh_interval", index_settings.refresh_interval),
-        "number_of_replicas": picked.get("number_of_replicas", index_settings.replicas),
-    }
+    put back once the fill is done (from the definition, else the stream's settings; ``None``
+    resets a setting to the server's default)."""
+    others, restore = split_settings(dict(definition.get("settings") or {}))
+    restore = restore_values(restore, index_settings)
     nested = dict(others.get("index") or {})
     nested.update(BULK_LOAD)
     others["index"] = nested
     body = dict(definition)
     body["settings"] = others
     return body, restore
+
+
+def restore_values(picked: Mapping[str, Any], index_settings: IndexSettings) -> dict[str, Any]:
+    return {
+        "refresh_interval": picked.get("refresh_interval", index_settings.refresh_interval),
+        "number_of_replicas": picked.get("number_of_replicas", index_settings.replicas),
+        "gc_deletes": picked.get("gc_deletes"),
+    }
 
 
 def next_version(versions: Iterable[IndexVersionRow]) -> int:
@@ -627,17 +641,9 @@ class Reindexer:
             source = "kafka" if swap is not None and by_live_swap else "index"
         self._check_source(source)
         start = swap if (source == "kafka" and swap is not None and by_live_swap) else {}
-        _others, restore = split_settings(
-            dict(
-                index_definition(self.catalog.latest(self.stream.subject), self.stream.index)[
-                    "settings"
-                ]
-            )
-        )
-        restore = {
-            "refresh_interval": restore.get("refresh_interval", self.stream.index.refresh_interval),
-            "number_of_replicas": restore.get("number_of_replicas", self.stream.index.replicas),
-        }
+        definition = index_definition(self.catalog.latest(self.stream.subject), self.stream.index)
+        _others, picked = split_settings(dict(definition["settings"]))
+        restore = restore_values(picked, self.stream.index)
         state = ReindexState(
             mode="rollback",
             step="created",

@@ -214,6 +214,7 @@ def test_reindex_rollback_and_keep_beside_a_live_stream(
         index_settings = client.get_settings(f"{alias}-v3")["index"]
     assert index_settings.get("refresh_interval") in (None, "1s"), "bulk-load settings restored"
     assert int(index_settings.get("number_of_replicas", 0)) == 0
+    assert index_settings.get("gc_deletes") is None, "tombstone retention back to default"
 
 
 def test_kill_9_at_every_step_then_rerun_converges(

@@ -271,6 +271,7 @@ def assert_converged(world: dict[str, Any], live: int, retired: int) -> None:
     assert search.versions(new) == search.versions(old)
     assert search.settings[new]["refresh_interval"] == "1s", "bulk-load settings restored"
     assert search.settings[new]["number_of_replicas"] == 0
+    assert search.settings[new]["gc_deletes"] is None, "tombstone retention back to default"
     assert search.settings[old]["refresh_interval"] == "1s", "old index thawed"
 
 

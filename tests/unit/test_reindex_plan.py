@@ -68,9 +68,9 @@ def run_row(run_id: int, *, age_s: float, counters: dict[str, Any]) -> RunRow:
             id="plain",
         ),
         pytest.param(
-            {"index.refresh_interval": "30s", "analysis": {"a": 1}},
+            {"index.refresh_interval": "30s", "index.gc_deletes": "1m", "analysis": {"a": 1}},
             {"analysis": {"a": 1}},
-            {"refresh_interval": "30s"},
+            {"refresh_interval": "30s", "gc_deletes": "1m"},
             id="dotted",
         ),
         pytest.param(
@@ -97,10 +97,10 @@ def test_bulk_load_definition_turns_refresh_and_replicas_off_and_remembers_them(
     body, restore = bulk_load_definition(definition, IndexSettings())
     assert body["settings"] == {
         "number_of_shards": 1,
-        "index": {"refresh_interval": "-1", "number_of_replicas": 0},
+        "index": {"refresh_interval": "-1", "number_of_replicas": 0, "gc_deletes": "24h"},
     }
     assert body["mappings"] == definition["mappings"]
-    assert restore == {"refresh_interval": "2s", "number_of_replicas": 2}
+    assert restore == {"refresh_interval": "2s", "number_of_replicas": 2, "gc_deletes": None}
     assert definition["settings"]["refresh_interval"] == "2s", "input left untouched"
 
 
@@ -108,7 +108,7 @@ def test_bulk_load_definition_falls_back_to_stream_settings() -> None:
     _body, restore = bulk_load_definition(
         {"settings": {}}, IndexSettings(replicas=3, refresh_interval="9s")
     )
-    assert restore == {"refresh_interval": "9s", "number_of_replicas": 3}
+    assert restore == {"refresh_interval": "9s", "number_of_replicas": 3, "gc_deletes": None}
 
 
 def test_next_version_never_reuses_failed_or_deleted_numbers() -> None:
