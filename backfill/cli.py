@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from backfill.reindex import reindex_command
 from ingest.cli import EXIT_RUNTIME, config_option, fail_cleanly, load
 
 _PROGRESS = click.Choice(["auto", "bar", "lines", "none"])
@@ -212,6 +213,8 @@ def history_url(database: str | None, config_path: Path | None) -> None:
     url = sqlalchemy_url(settings.ledger.dsn.get_secret_value(), database=database)
     click.echo(f"db_connection = {luigi_cfg_value(url)}")
 
+
+main.add_command(reindex_command)  # backfill/reindex.py: zero-downtime reindex, rollback
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -280,8 +280,7 @@ def _execute(
         ledger.migrate()
         ids = [t.task_id for t in planned]
         if opts.force:
-            for family in sorted({t.get_task_family() for t in planned}):  # type: ignore[no-untyped-call]
-                ledger.reset_chunks(stream.name, family)
+            ledger.reset_chunks(stream.name, task_ids=ids)
         rows = _rows(ledger, stream.name, ids)
         done_before = {tid for tid, row in rows.items() if row.status == "done"}
         run_id = ledger.start_run(

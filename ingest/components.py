@@ -75,7 +75,7 @@ def build_pipeline(
 ) -> StreamPipeline:
     """The one pipeline for ``stream``: codec -> transform -> bulk sink -> ledger."""
     settings = components.settings
-    codec = AvroCodec(components.catalog, stream.subject, registry_url=settings.schema_registry.url)
+    codec = AvroCodec.for_stream(settings, stream, components.catalog)
     transformer = Transformer(stream)
     sink = BulkSink(components.search, max_retry_s=settings.runtime.max_retry_s, on_retry=on_retry)
     writer = BatchWriter(stream, sink, components.ledger, run_id=run_id)

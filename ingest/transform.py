@@ -12,6 +12,7 @@ out-of-order writes never overwrite newer data.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import importlib
 import uuid
@@ -36,7 +37,8 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, bytes):
-        return value.hex()
+        # Avro bytes map to the `binary` field type, which takes base64.
+        return base64.b64encode(value).decode()
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"cannot render {type(value).__name__} as JSON")

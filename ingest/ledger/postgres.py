@@ -647,16 +647,27 @@ class PostgresLedger:
         if held is not None:
             held.close()
 
-    def reset_chunks(self, stream: str, family: str | None = None) -> int:
+    def reset_chunks(
+        self,
+        stream: str,
+        family: str | None = None,
+        *,
+        task_ids: Sequence[str] | None = None,
+    ) -> int:
         """Force a re-run: ``done``/``failed`` chunks of ``stream`` back to ``pending``; how many.
 
-        Running chunks are left alone (a live worker would overwrite the reset).
+        ``task_ids`` limits the reset to those chunks (``--force`` over one range). Running
+        chunks are left alone (a live worker would overwrite the reset).
         """
         where, values = self._filters(stream=stream, family=family)
+        only: sql.Composable = sql.SQL("")
+        if task_ids is not None:
+            only = sql.SQL(" AND task_id = ANY(%s)")
+            values = [*values, list(task_ids)]
         query = sql.SQL(
             "UPDATE {} SET status = 'pending', finished_at = NULL, error = NULL"
-            " {} AND status IN ('done', 'failed')"
-        ).format(self._table("backfill_chunks"), where)
+            " {} AND status IN ('done', 'failed'){}"
+        ).format(self._table("backfill_chunks"), where, only)
         with self._conn("reset_chunks") as conn:
             count = conn.execute(query, values).rowcount
         log.info("ledger_chunks_reset", stream=stream, family=family, count=count)

@@ -94,6 +94,14 @@ class DaemonProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_assigned(self, timeout_s: float = 60) -> None:
+        """Until the daemon got partitions: a SIGTERM earlier would find no handler yet."""
+        wait_for(
+            lambda: '"partitions_assigned"' in self.output() or not self.alive(),
+            timeout_s,
+            "the daemon to be assigned partitions",
+        )
+
 
 def wait_for(
     predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25
