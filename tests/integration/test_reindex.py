@@ -1,7 +1,7 @@
 """Zero-downtime reindex on the real stack, beside a running daemon and a running producer.
 
 The daemon is a real ``ingest run`` process and so is every reindex (``python -m
-backfill.reindex``), so ``kill -9`` means what it says. A producer thread keeps sending new
+backfill reindex``), so ``kill -9`` means what it says. A producer thread keeps sending new
 orders and newer versions of earlier ones the whole time; a watcher thread keeps counting
 documents through the alias. The end state is read from the ledger and the search server.
 
@@ -36,7 +36,7 @@ from tests.support.procs import Proc, kill_9, run_cli, start_cli, stop_quietly
 
 pytestmark = pytest.mark.integration
 
-REINDEX = (sys.executable, "-m", "backfill.reindex")
+REINDEX = (sys.executable, "-m", "backfill", "reindex")
 RUNTIME = {"heartbeat_s": 0.5, "index_poll_s": 0.5, "summary_every_s": 5.0}
 
 
