@@ -8,19 +8,21 @@ a stream is built here too, so stream and backfill share one code path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ingest.catalog import SchemaCatalog
 from ingest.codec import AvroCodec
+from ingest.deadletter_topic import DeadLetterTopic
 from ingest.ledger import PostgresLedger
-from ingest.pipeline import BatchWriter, RecordProcessor
-from ingest.retry import OnRetry
+from ingest.pipeline import BatchWriter, DeadLetterPublisher, RecordProcessor
+from ingest.retry import OnRetry, retrying
 from ingest.search import SearchClient, connect_search
 from ingest.settings import Settings, StreamSettings
 from ingest.sink import BulkSink
 from ingest.transform import Transformer, load_hook
+from ingest.types import DeadLetter
 
 
 @dataclass
@@ -78,5 +80,30 @@ def build_pipeline(
     codec = AvroCodec.for_stream(settings, stream, components.catalog)
     transformer = Transformer(stream)
     sink = BulkSink(components.search, max_retry_s=settings.runtime.max_retry_s, on_retry=on_retry)
-    writer = BatchWriter(stream, sink, components.ledger, run_id=run_id)
+    writer = BatchWriter(
+        stream,
+        sink,
+        components.ledger,
+        run_id=run_id,
+        publish_dead_letters=_dead_letter_publisher(settings, stream, on_retry),
+    )
     return StreamPipeline(RecordProcessor(stream, codec, transformer), writer, sink)
+
+
+def _dead_letter_publisher(
+    settings: Settings, stream: StreamSettings, on_retry: OnRetry | None
+) -> DeadLetterPublisher | None:
+    """The stream's dead-letter topic, retried like the sink; None when not configured."""
+    if stream.dead_letter_topic is None:
+        return None
+    topic = DeadLetterTopic(settings, stream.dead_letter_topic)
+
+    def publish(dead: Sequence[DeadLetter]) -> None:
+        policy = retrying(
+            max_total_s=settings.runtime.max_retry_s,
+            on_retry=on_retry,
+            what="dead-letter publish",
+        )
+        policy(topic, dead)
+
+    return publish

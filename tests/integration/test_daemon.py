@@ -34,9 +34,7 @@ def test_duplicates_and_corrupt_payloads_converge_to_exact_state(
 ) -> None:
     """Unique valid ids at their newest versions; every corrupt record dead-lettered once."""
     settings = make_settings(partitions=3)
-    summary = run_produce(
-        settings, "orders", 600, seed=7, invalid_ratio=0.05, duplicate_ratio=0.2
-    )
+    summary = run_produce(settings, "orders", 600, seed=7, invalid_ratio=0.05, duplicate_ratio=0.2)
     assert summary.failed == 0 and summary.invalid > 0
     ends = end_offsets(settings)
     assert sum(ends.values()) == summary.sent
@@ -86,9 +84,7 @@ def test_elasticsearch_client_path(
     """The daemon through the official Elasticsearch client (kind forced), against osmem
     behind the media-type compat proxy: same exact end state."""
     with CompatProxy(search_url) as proxy:
-        settings = make_settings(
-            partitions=2, search={"url": proxy.url, "kind": "elasticsearch"}
-        )
+        settings = make_settings(partitions=2, search={"url": proxy.url, "kind": "elasticsearch"})
         summary = run_produce(
             settings, "orders", 300, seed=9, invalid_ratio=0.05, duplicate_ratio=0.2
         )
@@ -100,3 +96,46 @@ def test_elasticsearch_client_path(
         assert '"kind":"elasticsearch"' in daemon.output()
         assert index_versions(settings) == summary.expected
     assert len(dead_letter_offsets(settings)) == summary.invalid
+
+
+def test_dead_letters_also_go_to_the_dead_letter_topic(
+    make_settings: Callable[..., Settings],
+    create_topic: Callable[..., str],
+    unique: str,
+    tmp_path: Path,
+) -> None:
+    """With dead_letter_topic set, each bad record is on that topic with the error in its
+    headers and its bytes untouched, besides the ledger's table."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    dlt = create_topic(f"{unique}.dlq", 1)
+    settings = make_settings(partitions=1, dead_letter_topic=dlt)
+    summary = run_produce(settings, "orders", 120, seed=3, invalid_ratio=0.1)
+    daemon = DaemonProcess(write_config(settings, tmp_path / "c.toml"), tmp_path / "d.log")
+    try:
+        wait_for(caught_up(settings, end_offsets(settings)), 120, "catch-up")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": unique,
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(dlt, 0, 0)])
+    got = []
+    while True:
+        msg = consumer.poll(10)
+        assert msg is not None, "dead-letter topic ended without EOF"
+        if msg.error():
+            break
+        got.append(msg)
+    consumer.close()
+    assert len(got) == summary.invalid
+    stored = dead_letter_offsets(settings)
+    headers = [dict(m.headers() or []) for m in got]
+    assert sorted((0, int(h["ingest.offset"])) for h in headers) == stored
+    assert all(
+        h["ingest.stage"] in {b"framing", b"schema", b"decode", b"validation"} for h in headers
+    )
