@@ -287,9 +287,10 @@ class StreamWorker:
         gauges = {"dual_write_version": self._router.dual_write_version or 0}
         if not self._ledger.heartbeat(self.run_id, gauges):
             log.warning("run_marked_stale", run_id=self.run_id)
-        if self._metrics and self._source is not None:
-            for p, lag in self._source.lag().items():
-                self._metrics.lag(self.stream.name, p, lag)
+        lag = self._source.lag() if self._source is not None else {}
+        if self._metrics:
+            for p, n in lag.items():
+                self._metrics.lag(self.stream.name, p, n)
 
     def _summary(self, elapsed_s: float) -> None:
         lag = self._source.lag() if self._source is not None else {}

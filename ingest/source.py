@@ -124,8 +124,8 @@ def _check_message_error(msg: Message) -> bool:
         return False
     if code in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
         raise OffsetResetError(
-            f"{msg.topic()}[{msg.partition()}]: stored offset is outside the log "
-            "(topic recreated, offsets reset or retention deleted unread records); "
+            f"{msg.topic()}[{msg.partition()}]: stored offset is beyond the log or below "
+            "its start (topic recreated, offsets reset or retention deleted unread records); "
             "refusing to skip or re-read silently"
         )
     if err.fatal():
@@ -156,6 +156,8 @@ class KafkaSource:
         self._on_lost = on_lost
         self._assigned: set[int] = set()
         self._paused: set[int] = set()
+        #: Where each partition started: the position until the first record is consumed.
+        self._starts: dict[int, int] = {}
 
     def start(self) -> None:
         """Join the group; assignment happens inside a later :meth:`poll`."""
@@ -176,6 +178,7 @@ class KafkaSource:
         for tp in partitions:
             next_offset = positions.get(tp.partition)
             tp.offset = OFFSET_BEGINNING if next_offset is None else next_offset
+            self._starts[tp.partition] = -1 if next_offset is None else next_offset
         if self._cooperative:
             consumer.incremental_assign(partitions)
         else:
@@ -235,7 +238,13 @@ class KafkaSource:
             self._paused.clear()
 
     def lag(self) -> dict[int, int]:
-        """Per assigned partition: high watermark (as last fetched) minus position."""
+        """Per assigned partition: high watermark (as last fetched) minus position.
+
+        Raises OffsetResetError when a position lies beyond the log's end: the topic was
+        recreated or truncated under the ledger's offsets. Apache Kafka reports that as
+        OFFSET_OUT_OF_RANGE on fetch; brokers that just answer empty (tansu) are caught
+        here, from the high watermark the last fetch response carried.
+        """
         out: dict[int, int] = {}
         if not self._assigned:
             return out
@@ -247,8 +256,16 @@ class KafkaSource:
                 _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
-            if high >= 0 and tp.offset >= 0:
-                out[tp.partition] = max(0, high - tp.offset)
+            position = tp.offset if tp.offset >= 0 else self._starts.get(tp.partition, -1)
+            if high < 0 or position < 0:
+                continue
+            if position > high:
+                raise OffsetResetError(
+                    f"{self.topic}[{tp.partition}]: stored offset {position} is beyond the "
+                    f"log end {high} (topic recreated or truncated); refusing to skip or "
+                    "re-read silently"
+                )
+            out[tp.partition] = high - position
         return out
 
     def close(self) -> None:

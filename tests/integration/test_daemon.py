@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +140,37 @@ def test_dead_letters_also_go_to_the_dead_letter_topic(
     assert all(
         h["ingest.stage"] in {b"framing", b"schema", b"decode", b"validation"} for h in headers
     )
+
+
+def test_recreated_topic_stops_with_a_clear_error(
+    make_settings: Callable[..., Settings], kafka_admin: Any, tmp_path: Path
+) -> None:
+    """PITFALLS #3: when the ledger's offset lies beyond a recreated topic's log, the daemon
+    refuses to go on (offset versions would silently lose) instead of swallowing 409s."""
+    from confluent_kafka.admin import NewTopic
+
+    settings = make_settings(partitions=1, version_field=None, runtime={"heartbeat_s": 1})
+    config = write_config(settings, tmp_path / "c.toml")
+    run_produce(settings, "orders", 60, seed=4)
+    daemon = DaemonProcess(config, tmp_path / "d1.log")
+    try:
+        wait_for(caught_up(settings, end_offsets(settings)), 120, "catch-up")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+
+    topic = settings.streams[0].topic
+    for fut in kafka_admin.delete_topics([topic]).values():
+        fut.result(30)
+    wait_for(lambda: topic not in kafka_admin.list_topics(timeout=10).topics, 30, "deletion")
+    for fut in kafka_admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        fut.result(30)
+    run_produce(settings, "orders", 10, seed=5)
+
+    again = DaemonProcess(config, tmp_path / "d2.log")
+    try:
+        again.proc.wait(90)
+    finally:
+        if again.alive():
+            again.kill9()
+    assert again.proc.returncode == 1, again.output()
+    assert "stored offset" in again.output() and "beyond the" in again.output()
