@@ -205,6 +205,8 @@ def test_in_a_structlog_pipeline() -> None:
             Redactor([SECRET]),
             structlog.processors.JSONRenderer(),
         ],
+        # Independent of any level filter an earlier test configured globally.
+        wrapper_class=structlog.BoundLogger,
     )
     logger.info("connecting", dsn=f"postgresql://u:{SECRET}@db/x", password=SECRET)
     try:
