@@ -208,30 +208,20 @@ def ledger_migrate(config_path: Path | None) -> None:
     click.echo(f"applied migrations: {applied or 'none (up to date)'}")
 
 
-def _register_optional_commands() -> None:
-    """Commands that live in their own modules (one job each)."""
-    from importlib import import_module
+def _register_commands() -> None:
+    """Commands that live in modules of their own (they import the helpers above)."""
+    from ingest.commands.dlq import dlq
+    from ingest.commands.grant import grant
+    from ingest.commands.schemas import schemas
+    from ingest.commands.status import status
 
-    for module_name, attr in (
-        ("ingest.commands.status", "status"),
-        ("ingest.commands.dlq", "dlq"),
-        ("ingest.commands.grant", "grant"),
-        ("ingest.commands.schemas", "schemas"),
-    ):
-        try:
-            module = import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        command = getattr(module, attr)
-        if attr == "grant":
-            ledger.add_command(command)
-        else:
-            main.add_command(command)
+    main.add_command(status)
+    main.add_command(dlq)
+    main.add_command(schemas)
+    ledger.add_command(grant)
 
 
-_register_optional_commands()
+_register_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
