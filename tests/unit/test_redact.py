@@ -206,7 +206,7 @@ def test_in_a_structlog_pipeline() -> None:
             structlog.processors.JSONRenderer(),
         ],
         # Independent of any level filter an earlier test configured globally.
-        wrapper_class=structlog.BoundLogger,
+        wrapper_class=structlog.make_filtering_bound_logger(0),
     )
     logger.info("connecting", dsn=f"postgresql://u:{SECRET}@db/x", password=SECRET)
     try:
