@@ -17,9 +17,9 @@ from typing import Any
 import structlog
 
 from ingest.catalog import SchemaCatalog
-from ingest.errors import IngestError
 from ingest.ledger import PostgresLedger
 from ingest.mapping import index_definition
+from ingest.search import SearchRequestError
 from ingest.settings import StreamSettings
 
 log = structlog.get_logger(__name__)
@@ -50,14 +50,12 @@ def ensure_live_index(
     version = max((int(v.version) for v in known), default=0) + 1
     index = physical_index_name(alias, version)
     try:
-        if not client.index_exists(index):
-            client.create_index(index, index_definition(reader, stream.index))
-        client.update_aliases([{"add": {"index": index, "alias": alias, "is_write_index": True}}])
-    except IngestError:
-        existing = client.get_alias(alias)
-        if not existing:
+        client.create_index(index, index_definition(reader, stream.index))
+    except SearchRequestError as exc:
+        # Another process (daemon or backfill worker) created it a moment ago: same index.
+        if exc.error_type != "resource_already_exists_exception":
             raise
-        return _write_index(existing)
+    client.update_aliases([{"add": {"index": index, "alias": alias, "is_write_index": True}}])
     ledger.add_index_version(alias, version, index, reader.fingerprint, "live")
     log.info("index_created", alias=alias, index=index)
     return index
