@@ -155,7 +155,6 @@ class KafkaSource:
         self._on_revoke = on_revoke
         self._on_lost = on_lost
         self._assigned: set[int] = set()
-        self._paused: set[int] = set()
         #: Where each partition started: the position until the first record is consumed.
         self._starts: dict[int, int] = {}
 
@@ -205,7 +204,6 @@ class KafkaSource:
             consumer.unassign()
         for tp in partitions:
             self._assigned.discard(tp.partition)
-            self._paused.discard(tp.partition)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         """Up to ``max_records`` records; blocks at most ``timeout_s``. Runs rebalance callbacks."""
@@ -224,18 +222,6 @@ class KafkaSource:
             self._consumer.commit(offsets=tps, asynchronous=True)
         except KafkaException as exc:
             log.warning("kafka_commit_failed", error=str(exc))
-
-    def pause_all(self) -> None:
-        """Stop fetching (buffer full or sink retrying); positions are kept."""
-        parts = self._assigned - self._paused
-        if parts:
-            self._consumer.pause([TopicPartition(self.topic, p) for p in parts])
-            self._paused |= parts
-
-    def resume_all(self) -> None:
-        if self._paused:
-            self._consumer.resume([TopicPartition(self.topic, p) for p in self._paused])
-            self._paused.clear()
 
     def lag(self) -> dict[int, int]:
         """Per assigned partition: high watermark (as last fetched) minus position.

@@ -255,3 +255,30 @@ def metrics_port(daemon: DaemonProcess) -> int:
     port = find()
     assert port is not None
     return port
+
+
+def test_retry_budget_exhausted_exits_non_zero_without_committing(
+    make_settings: Callable[..., Settings],
+    search_url: str,
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """A search server down for longer than max_retry_s: exit 1 for the supervisor, with the
+    ledger untouched and the records still there for the restart."""
+    with HttpFaultProxy(search_url) as proxy:
+        settings = make_settings(
+            partitions=1, search={"url": proxy.url}, runtime={"max_retry_s": 3}
+        )
+        summary = run_produce(settings, "orders", 50, seed=61)
+        proxy.fail(503, path=r"_bulk")
+        daemon = daemons(write_config(settings, tmp_path / "c.toml"))
+        assert daemon.proc.wait(90) == 1, daemon.output()
+        assert proxy.counts[FAIL] >= 2
+        assert "retries" in daemon.output().lower() or "gave up" in daemon.output().lower()
+        assert ledger_offsets(settings) == {}
+        proxy.pass_through()
+        again = daemons(write_config(settings, tmp_path / "c.toml"))
+        wait_for(caught_up(settings, end_offsets(settings)), 90, "catch-up after the restart")
+        again.wait_assigned()
+        assert again.stop() == 0, again.output()
+        assert index_versions(settings) == summary.expected
