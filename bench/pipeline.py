@@ -45,7 +45,8 @@ def encoded_records(n: int, seed: int = 1) -> tuple[list[RawRecord], int]:
 def run(n: int = 200_000, batch_size: int = 2000, repeats: int = 3) -> dict[str, Any]:
     records, total_bytes = encoded_records(n)
     catalog = SchemaCatalog.load(ROOT / "schemas")
-    processor = RecordProcessor(STREAM, AvroCodec(catalog, "orders"), Transformer(STREAM))
+    codec = AvroCodec(catalog, "orders", decimals_as_float=True)  # as build_pipeline does
+    processor = RecordProcessor(STREAM, codec, Transformer(STREAM))
     best = float("inf")
     body_bytes = 0
     for _ in range(repeats):

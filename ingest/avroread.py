@@ -51,7 +51,8 @@ _EPOCH_NAIVE = dt.datetime(1970, 1, 1)
 class _Gen:
     """Emits the source of one module holding a reader function per named record."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, decimals_as_float: bool = False) -> None:
+        self.decimals_as_float = decimals_as_float
         self.consts: dict[str, Any] = {
             "_td": dt.timedelta,
             "_EPOCH": _EPOCH,
@@ -283,6 +284,13 @@ class _Gen:
             self.varint(out, ind, raw)
             out.append(f"{ind}{target} = {base} + _td(microseconds={raw})")
             return True
+        if kind == "bytes" and logical == "decimal" and self.decimals_as_float:
+            # For documents: the index maps decimals to double anyway, and int / int is
+            # correctly rounded, so this is the nearest double, without a Decimal detour.
+            scale = int(schema.get("scale", 0))
+            self.primitive("bytes", out, ind, raw)
+            out.append(f"{ind}{target} = _from_bytes({raw}, 'big', signed=True) / {10**scale}")
+            return True
         if kind == "bytes" and logical == "decimal":
             # Decimal(int) is exact; scaleb rounds to the context's precision like fastavro.
             ctx = self.const("ctx", decimal.Context(prec=int(schema["precision"])))
@@ -386,27 +394,29 @@ _CACHE: dict[str, Reader] = {}
 _CACHE_SIZE = 256
 
 
-def compile_reader(schema: dict[str, Any]) -> Reader:
+def compile_reader(schema: dict[str, Any], *, decimals_as_float: bool = False) -> Reader:
     """A reader for values written with ``schema`` (fastavro's parsed form, a record).
 
-    Compiling takes a few milliseconds, so readers are cached by the schema's JSON.
+    ``decimals_as_float`` reads bytes-decimals as the nearest float instead of ``Decimal``
+    (what a JSON document needs, several times cheaper to serialize). Compiling takes a few
+    milliseconds, so readers are cached by the schema's JSON and the mode.
     """
-    key = json.dumps(schema, sort_keys=True, default=str)
+    key = json.dumps(schema, sort_keys=True, default=str) + str(decimals_as_float)
     reader = _CACHE.get(key)
     if reader is None:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.clear()
-        reader = _CACHE[key] = _compile(schema)
+        reader = _CACHE[key] = _compile(schema, decimals_as_float)
     return reader
 
 
-def _compile(schema: dict[str, Any]) -> Reader:
+def _compile(schema: dict[str, Any], decimals_as_float: bool = False) -> Reader:
     """Generate, compile and load the reader module for ``schema``.
 
     The generated source holds only names made here, constants passed by reference and
     field names as Python string literals (``repr``), so a schema cannot inject code.
     """
-    gen = _Gen()
+    gen = _Gen(decimals_as_float=decimals_as_float)
     gen.register(schema)
     top = gen.function(schema["name"])
     source = "\n\n".join("\n".join(lines) for lines in gen.functions.values())

@@ -92,7 +92,9 @@ def _plain_default(schema: Any, default: Any) -> bool:
     return isinstance(default, plain)
 
 
-def _evolution_plan(writer: dict[str, Any], reader: dict[str, Any]) -> _Plan | None:
+def _evolution_plan(
+    writer: dict[str, Any], reader: dict[str, Any], *, decimals_as_float: bool = False
+) -> _Plan | None:
     """The compiled writer reader plus defaults, when fields were only added or removed.
 
     That is how schemas usually evolve (v2 adds ``priority`` with a default); it reads
@@ -117,7 +119,7 @@ def _evolution_plan(writer: dict[str, Any], reader: dict[str, Any]) -> _Plan | N
         elif writer_types[field["name"]] != json.dumps(field["type"], sort_keys=True):
             return None
     dropped = [name for name in writer_types if name not in reader_names]
-    read = compile_reader(writer)
+    read = compile_reader(writer, decimals_as_float=decimals_as_float)
 
     def plan(value: bytes, pos: int) -> tuple[dict[str, Any], int]:
         record, end = read(value, pos)
@@ -163,6 +165,7 @@ class AvroCodec:
         registry_timeout_s: float = 10.0,
         registry: SchemaSource | None = None,
         clock: Callable[[], float] = time.monotonic,
+        decimals_as_float: bool = False,
     ) -> None:
         self.catalog = catalog
         self.subject = subject
@@ -179,7 +182,11 @@ class AvroCodec:
                 raise ConfigError(f"config error: schema_registry.url: {exc}") from None
         self._registry = registry
         self._clock = clock
-        self._reader_plan: _Plan = compile_reader(self.reader.schema)
+        #: The pipeline decodes decimals straight to floats for its JSON documents.
+        self._decimals_as_float = decimals_as_float
+        self._reader_plan: _Plan = compile_reader(
+            self.reader.schema, decimals_as_float=decimals_as_float
+        )
         self._plans: dict[int, _Plan] = {self.reader.schema_id: self._reader_plan}
         #: The hot path's lookup: the 5 header bytes of a known id -> its plan.
         self._by_header: dict[bytes, _Plan] = {frame(self.reader.schema_id, b""): self._reader_plan}
@@ -189,13 +196,19 @@ class AvroCodec:
 
     @classmethod
     def for_stream(
-        cls, settings: Settings, stream: StreamSettings, catalog: SchemaCatalog
+        cls,
+        settings: Settings,
+        stream: StreamSettings,
+        catalog: SchemaCatalog,
+        *,
+        decimals_as_float: bool = False,
     ) -> AvroCodec:
         """The codec of ``stream`` with the registry and credentials from ``settings``."""
         reg = settings.schema_registry
         return cls(
             catalog,
             stream.subject,
+            decimals_as_float=decimals_as_float,
             registry_url=reg.url,
             registry_username=reg.username,
             registry_password=reg.password.get_secret_value() if reg.password else None,
@@ -284,9 +297,9 @@ class AvroCodec:
         if writer.fingerprint == self.reader.fingerprint:
             plan = self._reader_plan  # same binary layout: the compiled reader
         else:
-            plan = _evolution_plan(writer.schema, self.reader.schema) or _resolving_plan(
-                writer.schema, self.reader.schema
-            )
+            plan = _evolution_plan(
+                writer.schema, self.reader.schema, decimals_as_float=self._decimals_as_float
+            ) or _resolving_plan(writer.schema, self.reader.schema)
         self._writers[schema_id] = self._describe(writer)
         self._plans[schema_id] = plan
         return plan

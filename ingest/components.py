@@ -77,7 +77,7 @@ def build_pipeline(
 ) -> StreamPipeline:
     """The one pipeline for ``stream``: codec -> transform -> bulk sink -> ledger."""
     settings = components.settings
-    codec = AvroCodec.for_stream(settings, stream, components.catalog)
+    codec = AvroCodec.for_stream(settings, stream, components.catalog, decimals_as_float=True)
     transformer = Transformer(stream)
     sink = BulkSink(components.search, max_retry_s=settings.runtime.max_retry_s, on_retry=on_retry)
     writer = BatchWriter(

@@ -592,3 +592,24 @@ def test_compiled_reader_indexes(data: bytes, expected: Any) -> None:
         with pytest.raises(ReadFailure) as info:
             read(data, 0)
         assert isinstance(info.value.cause, expected)
+
+
+def test_decimals_as_float_give_the_nearest_double() -> None:
+    """The pipeline's mode: each decimal becomes float(Decimal) exactly, nothing else changes."""
+    import itertools
+    import math
+
+    from ingest.samples import sample_orders
+
+    catalog = CATALOG
+    exact = AvroCodec(catalog, "orders")
+    floats = AvroCodec(catalog, "orders", decimals_as_float=True)
+    for order in itertools.islice(sample_orders(3), 300):
+        value = exact.encode(order)
+        want, got = exact.decode(value), floats.decode(value)
+        assert isinstance(got["total_amount"], float)
+        assert got["total_amount"] == float(want["total_amount"])
+        assert math.isfinite(got["total_amount"])
+        assert {k: v for k, v in got.items() if k != "total_amount"} == {
+            k: v for k, v in want.items() if k != "total_amount"
+        }
