@@ -98,6 +98,7 @@ class StreamWorker:
         self._generations: dict[int, int] = {}
         self._source: KafkaSource | None = None
         self.totals = Totals()
+        self._summarised = 0
         self.run_id: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -293,12 +294,18 @@ class StreamWorker:
                 self._metrics.lag(self.stream.name, p, n)
 
     def _summary(self, elapsed_s: float) -> None:
+        """The periodic throughput/lag line; rates are over the time since the last one."""
         lag = self._source.lag() if self._source is not None else {}
+        consumed = self.totals.counts["consumed"]
+        rate = (consumed - self._summarised) / elapsed_s if elapsed_s > 0 else 0.0
+        self._summarised = consumed
         log.info(
             "stream_progress",
             stream=self.stream.name,
             partitions=sorted(self._generations),
             lag=sum(lag.values()),
+            records_per_s=round(rate, 1),
+            buffered_bytes=self._batch.size_bytes,
             **dict(self.totals.counts),
         )
 
