@@ -86,6 +86,9 @@ def build_pipeline(
         components.ledger,
         run_id=run_id,
         publish_dead_letters=_dead_letter_publisher(settings, stream, on_retry),
+        retry=retrying(
+            max_total_s=settings.runtime.max_retry_s, on_retry=on_retry, what="ledger commit"
+        ),
     )
     return StreamPipeline(RecordProcessor(stream, codec, transformer), writer, sink)
 

@@ -272,7 +272,7 @@ class StreamWorker:
         if self._metrics:
             self._metrics.retry(self.stream.name)
         log.warning(
-            "sink_retry",
+            "transient_failure_retry",
             stream=self.stream.name,
             attempt=event.attempt,
             error=str(event.error),

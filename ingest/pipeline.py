@@ -148,6 +148,7 @@ class BatchWriter:
         *,
         run_id: int | None = None,
         publish_dead_letters: DeadLetterPublisher | None = None,
+        retry: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream
@@ -155,6 +156,10 @@ class BatchWriter:
         self._ledger = ledger
         self.run_id = run_id
         self._publish = publish_dead_letters
+        #: Runs the ledger commit, retrying TransientErrors (PostgreSQL unreachable for a
+        #: while): ``retry(fn, *args)``. Re-running a commit that did land is harmless:
+        #: offsets only move forward and dead letters are unique per record.
+        self._retry = retry
         self._clock = clock
 
     def flush(
@@ -182,6 +187,10 @@ class BatchWriter:
         outcome.dead_letters.update(d.stage for d in dead)
         if dead and self._publish is not None:
             self._publish(dead)
-        self._ledger.commit(offsets, dead, self.run_id, outcome.counters())
+        commit_args = (offsets, dead, self.run_id, outcome.counters())
+        if self._retry is None:
+            self._ledger.commit(*commit_args)
+        else:
+            self._retry(self._ledger.commit, *commit_args)
         outcome.took_s = self._clock() - started
         return outcome

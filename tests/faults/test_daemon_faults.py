@@ -31,7 +31,7 @@ from tests.support.daemon import (
     wait_for,
     write_config,
 )
-from tests.support.fault_proxy import FAIL, REJECT_ITEMS, HttpFaultProxy
+from tests.support.fault_proxy import FAIL, REJECT_ITEMS, HttpFaultProxy, TcpFaultProxy
 
 pytestmark = pytest.mark.faults
 
@@ -282,3 +282,39 @@ def test_retry_budget_exhausted_exits_non_zero_without_committing(
         again.wait_assigned()
         assert again.stop() == 0, again.output()
         assert index_versions(settings) == summary.expected
+
+
+def test_ledger_outage_is_ridden_out(
+    make_settings: Callable[..., Settings],
+    ledger_dsn: str,
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """PostgreSQL unreachable for a while (connections dropped, new ones refused): the daemon
+    retries its commit and converges once the ledger is back, without exiting."""
+    from urllib.parse import urlsplit
+
+    pg = urlsplit(ledger_dsn)
+    with TcpFaultProxy(pg.hostname or "127.0.0.1", pg.port or 5432) as proxy:
+        proxied = ledger_dsn.replace(f":{pg.port}/", f":{proxy.port}/")
+        settings = make_settings(
+            partitions=2,
+            # A short pool wait, so the 6 s outage outlasts it and the commit is retried.
+            ledger={"dsn": proxied, "connect_timeout_s": 2},
+            runtime={"max_retry_s": 120},
+            max_batch_records=50,
+        )
+        first = run_produce(settings, "orders", 150, seed=71)
+        daemon = daemons(write_config(settings, tmp_path / "c.toml"))
+        daemon.wait_assigned()
+        wait_for(caught_up(settings, end_offsets(settings)), 90, "first catch-up")
+        proxy.refuse()
+        proxy.drop_connections()
+        second = run_produce(settings, "orders", 150, seed=72)
+        time.sleep(6)
+        assert daemon.alive(), daemon.output()
+        proxy.pass_through()
+        wait_for(caught_up(settings, end_offsets(settings)), 90, "catch-up after the outage")
+        assert daemon.stop() == 0, daemon.output()
+        assert "ledger commit" in daemon.output()
+        assert_converged(settings, merged(first, second), 0)

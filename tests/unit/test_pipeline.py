@@ -162,3 +162,23 @@ def test_dead_letters_are_published_before_the_ledger_commit() -> None:
         process(b"!", b"a:1"), ["a"]
     )
     assert order == ["publish:1"] and len(ledger.commits) == 1
+
+
+def test_a_transient_ledger_failure_is_retried_and_the_commit_lands_once() -> None:
+    """PostgreSQL briefly unreachable: the commit is retried by the policy, not given up."""
+    from ingest.errors import TransientError
+    from ingest.retry import retrying
+
+    class FlakyLedger(FakeLedger):
+        failures = 2
+
+        def commit(self, *args: Any, **kwargs: Any) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise TransientError("connection refused")
+            super().commit(*args, **kwargs)
+
+    ledger = FlakyLedger()
+    policy = retrying(max_total_s=5, initial_s=0.001, max_s=0.002)
+    BatchWriter(STREAM, FakeSink(), ledger, retry=policy).flush(process(b"a:1"), ["a"], ["o"])
+    assert ledger.failures == 0 and len(ledger.commits) == 1
