@@ -210,6 +210,9 @@ def plan_time_chunks(
 ) -> list[KafkaChunkPlan]:
     """One chunk per partition x window with the offset range it must read.
 
+    Windows the broker says hold no records of a partition get no chunk, so a long range
+    with gaps (``--since 2020-01-01 --chunk 1h``) plans only what has data.
+
     ``ends`` (each partition's end offset now) is fetched when not given; no chunk reads past
     it, so a backfill covers what the log held when it was planned. Blocks for one end-offset
     fetch and one timestamp lookup per distinct window boundary.
@@ -229,7 +232,8 @@ def plan_time_chunks(
             end = end_of[p]
             start = _bounded(found[w.start_ms].get(p), end)
             stop = max(start, _bounded(found[w.end_ms + lateness_ms].get(p), end))
-            plans.append(KafkaChunkPlan(topic, p, start, stop, w))
+            if stop > start:  # a window holding no records needs no task
+                plans.append(KafkaChunkPlan(topic, p, start, stop, w))
     return plans
 
 
