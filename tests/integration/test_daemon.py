@@ -174,3 +174,29 @@ def test_recreated_topic_stops_with_a_clear_error(
             again.kill9()
     assert again.proc.returncode == 1, again.output()
     assert "stored offset" in again.output() and "beyond the" in again.output()
+
+
+def test_documents_the_index_rejects_are_dead_lettered_with_the_reason(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A 400 from the search server (here: an override maps `currency` as an integer) sends
+    the record to the dead-letter table with stage `index`; offsets still advance."""
+    settings = make_settings(
+        partitions=1,
+        index={"shards": 1, "replicas": 0, "field_overrides": {"currency": {"type": "integer"}}},
+    )
+    summary = run_produce(settings, "orders", 40, seed=8)
+    daemon = DaemonProcess(write_config(settings, tmp_path / "c.toml"), tmp_path / "d.log")
+    try:
+        wait_for(caught_up(settings, end_offsets(settings)), 120, "catch-up")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    from ingest.ledger import PostgresLedger
+
+    with PostgresLedger.from_settings(settings.ledger) as ledger:
+        rows = ledger.dead_letters(stream="orders", limit=1000)
+    assert len(rows) == summary.sent
+    assert {row.stage for row in rows} == {"index"}
+    assert all("currency" in row.reason for row in rows), rows[0].reason
+    assert all(row.value for row in rows)
+    assert index_versions(settings) == {}
