@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -40,7 +40,7 @@ from ingest.indices import IndexRouter, ensure_live_index
 from ingest.ledger import OffsetCommit
 from ingest.metrics import Metrics
 from ingest.pipeline import FlushOutcome
-from ingest.retry import RetryEvent
+from ingest.retry import RetryEvent, retrying
 from ingest.settings import Settings, StreamSettings
 from ingest.source import KafkaRangeReader, KafkaSource, consumer_config
 
@@ -99,6 +99,9 @@ class StreamWorker:
         self._source: KafkaSource | None = None
         self.totals = Totals()
         self._summarised = 0
+        self._retry_ledger = retrying(
+            max_total_s=settings.runtime.max_retry_s, on_retry=self._on_retry, what="ledger"
+        )
         self.run_id: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -121,7 +124,10 @@ class StreamWorker:
             error = str(exc)
             raise
         finally:
-            self._ledger.finish_run(self.run_id, status, error=error)
+            run_id = self.run_id
+            self._tolerate_outage(
+                "finish_run", lambda: self._ledger.finish_run(run_id, status, error=error)
+            )
 
     def _new_source(self) -> KafkaSource:
         conf = consumer_config(self.settings, self.group, **{"client.id": self.owner})
@@ -161,10 +167,10 @@ class StreamWorker:
                 except FencedError as exc:
                     self._rejoin(exc)
                 if now - last_route >= rt.index_poll_s:
-                    self._router.refresh()
+                    self._tolerate_outage("index_poll", self._router.refresh)
                     last_route = now
                 if now - last_beat >= rt.heartbeat_s:
-                    self._heartbeat()
+                    self._tolerate_outage("heartbeat", self._heartbeat)
                     last_beat = now
                 if now - last_summary >= rt.summary_every_s:
                     self._summary(now - last_summary)
@@ -180,6 +186,14 @@ class StreamWorker:
                 source.close()
         log.info("stream_stopped", stream=self.stream.name, **dict(self.totals.counts))
 
+    def _tolerate_outage(self, what: str, call: Callable[[], None]) -> None:
+        """Periodic ledger calls skip a beat while PostgreSQL is unreachable; the flush's own
+        commit is the one that retries (and gives up after max_retry_s)."""
+        try:
+            call()
+        except TransientError as exc:
+            log.warning("ledger_unavailable", stream=self.stream.name, during=what, error=str(exc))
+
     def _rejoin(self, exc: FencedError) -> None:
         """Another process owns our partitions now: drop the buffer, leave, join again."""
         log.warning("partition_fenced", stream=self.stream.name, error=str(exc))
@@ -193,8 +207,8 @@ class StreamWorker:
     # -- rebalance callbacks (run inside poll, on this thread) -------------------------------
 
     def _on_assign(self, partitions: list[int]) -> Mapping[int, int | None]:
-        claims = self._ledger.claim_partitions(
-            self.group, self.stream.topic, partitions, self.owner
+        claims = self._retry_ledger(
+            self._ledger.claim_partitions, self.group, self.stream.topic, partitions, self.owner
         )
         positions: dict[int, int | None] = {}
         for p, claim in claims.items():
