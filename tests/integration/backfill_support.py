@@ -7,18 +7,13 @@ command runs as a real process with a TOML config, as an operator runs it.
 
 from __future__ import annotations
 
-import http.client
-import itertools
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from confluent_kafka import Producer
 
@@ -139,102 +134,3 @@ def dead_letters(settings: Settings) -> list[Any]:
     with PostgresLedger.from_settings(settings.ledger) as ledger:
         ledger.migrate()
         return ledger.dead_letters(stream=settings.streams[0].name, limit=100_000)
-
-
-class PoisonProxy:
-    """An HTTP proxy to the search server that answers 503 to any ``_bulk`` request whose
-    body contains ``marker`` while ``active`` (or holds it ``hold_s`` and drops it) — so
-    exactly the chunk holding the marked record fails or hangs, in whatever order the
-    chunks run."""
-
-    def __init__(self, upstream_url: str, marker: bytes, *, hold_s: float = 0.0) -> None:
-        self.upstream = urlsplit(upstream_url)
-        self.marker = marker
-        #: With ``hold_s``, matching requests are held that long instead of failed.
-        self.hold_s = hold_s
-        self.released = threading.Event()
-        self.active = True
-        self.poisoned = 0
-        self._counter = itertools.count()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if proxy.active and "_bulk" in self.path and proxy.marker in body:
-                    proxy.poisoned += 1
-                    if proxy.hold_s:
-                        proxy.released.wait(proxy.hold_s)
-                        return
-                    data = b'{"error":{"type":"unavailable_shards_exception"},"status":503}'
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    return
-                conn = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
-                )
-                headers = {
-                    k: v
-                    for k, v in self.headers.items()
-                    if k.lower() not in {"host", "connection", "content-length"}
-                }
-                conn.request(self.command, self.path, body=body or None, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in {"transfer-encoding", "connection", "content-length"}:
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
-
-            def do_GET(self) -> None:
-                self._handle()
-
-            def do_POST(self) -> None:
-                self._handle()
-
-            def do_PUT(self) -> None:
-                self._handle()
-
-            def do_DELETE(self) -> None:
-                self._handle()
-
-            def do_HEAD(self) -> None:
-                conn = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
-                )
-                conn.request("HEAD", self.path)
-                resp = conn.getresponse()
-                resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in {"transfer-encoding", "connection"}:
-                        self.send_header(k, v)
-                self.end_headers()
-                conn.close()
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def close(self) -> None:
-        self.released.set()
-        self._server.shutdown()
-        self._server.server_close()

@@ -20,7 +20,6 @@ from ingest.settings import Settings
 from tests.integration.backfill_support import (
     BASE_MS,
     HOUR_MS,
-    PoisonProxy,
     Produced,
     chunk_rows,
     dead_letters,
@@ -31,6 +30,7 @@ from tests.integration.backfill_support import (
     start_backfill,
 )
 from tests.support.daemon import index_versions
+from tests.support.fault_proxy import DELAY, FAIL, HttpFaultProxy
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,8 @@ def test_a_failed_chunk_fails_the_run_and_a_rerun_completes_only_it(
     """One chunk's bulk writes fail: exit 1 naming it, ledger says failed (after Luigi's
     retry); the re-run copies only that chunk."""
     marker = f"POISON-{unique}"
-    proxy = PoisonProxy(search_url, marker.encode())
+    proxy = HttpFaultProxy(search_url).start()
+    proxy.fail(503, path=r"_bulk", body=marker.encode())
     try:
         settings = make_settings(
             partitions=2, search={"url": proxy.url}, runtime={"max_retry_s": 1.0}
@@ -151,7 +152,7 @@ def test_a_failed_chunk_fails_the_run_and_a_rerun_completes_only_it(
         bad = rows["1" + format_instant(BASE_MS + HOUR_MS)]
         assert bad.status == "failed" and bad.attempts == 2  # first run + one Luigi retry
         assert "RetriesExhausted" in (bad.error or "")
-        assert proxy.poisoned > 0
+        assert proxy.counts[FAIL] > 0
         assert poison["order_id"] not in index_versions(settings)
         code, listed = run_backfill(
             "chunks", "--stream", "orders", "--failed", settings=settings, workdir=tmp_path
@@ -160,7 +161,7 @@ def test_a_failed_chunk_fails_the_run_and_a_rerun_completes_only_it(
         [failed_row] = [line for line in listed.splitlines() if line.startswith("failed")]
         assert bad.task_id in failed_row and "error=RetriesExhausted" in failed_row
 
-        proxy.active = False
+        proxy.pass_through()
         code, out = run_backfill(*args, settings=settings, workdir=tmp_path, name="rerun")
         assert code == 0, out[-4000:]
         assert _summary_counts(out) == (1, 3, 0)
@@ -357,7 +358,8 @@ def test_a_backfill_killed_mid_chunk_leaves_it_to_the_next_run(
     from tests.support.daemon import wait_for
 
     marker = f"HANG-{unique}"
-    proxy = PoisonProxy(search_url, marker.encode(), hold_s=60)
+    proxy = HttpFaultProxy(search_url).start()
+    proxy.delay(60, path=r"_bulk", body=marker.encode(), forward=False)
     try:
         settings = make_settings(partitions=1, search={"url": proxy.url})
         records = spread(91, 20, 1, BASE_MS, 60_000)
@@ -368,13 +370,13 @@ def test_a_backfill_killed_mid_chunk_leaves_it_to_the_next_run(
         args = ("kafka", "--stream", "orders", "--since", SINCE, "--until", UNTIL)
         victim = start_backfill(*args, settings=settings, workdir=tmp_path, name="victim")
         try:
-            wait_for(lambda: proxy.poisoned > 0, 60, "the chunk to hang in its bulk write")
+            wait_for(lambda: proxy.taken[DELAY] > 0, 60, "the chunk to hang in its bulk")
             hung = [r for r in chunk_rows(settings) if r.status == "running"]
             assert len(hung) == 1
         finally:
             victim.send_signal(signal.SIGKILL)
             victim.communicate(timeout=30)
-        proxy.active = False
+        proxy.pass_through()
         code, out = run_backfill(*args, settings=settings, workdir=tmp_path, name="after")
         assert code == 0, out[-4000:]
         rows = {r.task_id: r for r in chunk_rows(settings)}

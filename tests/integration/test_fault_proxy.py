@@ -98,6 +98,7 @@ def test_pass_through_matches_direct(proxy: HttpFaultProxy, http: Http, search_u
     assert via.status == direct.status == 200
     assert via.json()["version"] == direct.json()["version"]
     assert via.headers.get("x-elastic-product") == direct.headers.get("x-elastic-product")
+    proxy.wait_for(PASS, 1)  # recorded just after the answer is sent
     assert proxy.counts[PASS] == 1
 
 
@@ -110,7 +111,9 @@ def test_fail_for_n_requests_then_pass(proxy: HttpFaultProxy, http: Http) -> Non
     assert [first.status, second.status, third.status] == [429, 429, 200]
     assert first.json()["error"]["type"] == "es_rejected_execution_exception"
     assert first.headers["retry-after"] == "1"
+    proxy.wait_for(FAIL, 2)  # recorded just after the answer is sent
     assert proxy.counts[FAIL] == 2
+    proxy.wait_for(PASS, 1)  # recorded just after the answer is sent
     assert proxy.counts[PASS] == 1
     assert proxy.active == PASS
 
@@ -127,6 +130,7 @@ def test_fail_for_a_duration_and_only_matching_paths(
     after = http.post(proxy.url + "/_bulk", content=body, headers=NDJSON)
     assert after.status == 200
     assert after.json()["errors"] is False
+    proxy.wait_for(FAIL, 1)  # recorded just after the answer is sent
     assert proxy.counts[FAIL] == 1
 
 
@@ -183,6 +187,7 @@ def test_reject_items_in_a_200_bulk(
     # The fault was for one bulk request only: the retry goes through.
     retry = http.post(proxy.url + "/_bulk", content=_bulk_body(unique, ["a"]), headers=NDJSON)
     assert retry.json()["errors"] is False
+    proxy.wait_for(REJECT_ITEMS, 1)  # recorded just after the answer is sent
     assert proxy.counts[REJECT_ITEMS] == 1
 
 

@@ -75,11 +75,15 @@ class Fault:
     every: int = 1
     withhold: bool = True
     path: re.Pattern[str] | None = None
+    #: Only requests whose body contains these bytes (e.g. one marked record's bulk).
+    body: bytes | None = None
     remaining: int | None = None
     until: float | None = None
     retry_after_s: float | None = None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
+        if self.body is not None and self.body not in body:
+            return False
         if self.mode == REJECT_ITEMS:
             return method == "POST" and urlsplit(path).path.rstrip("/").endswith("_bulk")
         return self.path is None or bool(self.path.search(path))
@@ -168,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         proxy = self.server.proxy
         body = self._read_body()
-        fault = proxy._take_fault(self.command, self.path)
+        fault = proxy._take_fault(self.command, self.path, body)
         mode = PASS if fault is None else fault.mode
         try:
             if fault is None:
@@ -361,6 +365,9 @@ class HttpFaultProxy:
         self._stopping = threading.Event()
         self._product_header: tuple[str, str] | None = None
         self.counts: Counter[str] = Counter()
+        #: Faults applied so far, counted when a request is caught (before it is answered,
+        #: so a request still held by ``delay`` shows here, not yet in ``counts``).
+        self.taken: Counter[str] = Counter()
         self.items_rejected = 0
         self.requests: list[SeenRequest] = []
         self._server = _ProxyServer(("127.0.0.1", 0), _Handler)
@@ -427,17 +434,20 @@ class HttpFaultProxy:
         count: int | None = None,
         duration_s: float | None = None,
         path: str | None = None,
+        body: bytes | None = None,
         retry_after_s: float | None = None,
     ) -> None:
         """Answer ``status`` without forwarding, to ``count`` requests / for ``duration_s``.
 
-        ``path`` is a regex the request path must match (e.g. ``r"_bulk"``); others pass.
-        Neither count nor duration means until switched back.
+        ``path`` is a regex the request path must match (e.g. ``r"_bulk"``); ``body`` bytes
+        the request body must contain (fail exactly the bulk holding one marked record);
+        others pass. Neither count nor duration means until switched back.
         """
         fault = Fault(
             FAIL,
             status=status,
             path=re.compile(path) if path else None,
+            body=body,
             retry_after_s=retry_after_s,
         )
         self._set(fault, count, duration_s)
@@ -449,6 +459,7 @@ class HttpFaultProxy:
         count: int | None = None,
         duration_s: float | None = None,
         path: str | None = None,
+        body: bytes | None = None,
         forward: bool = True,
     ) -> None:
         """Hold matching responses ``delay_s`` seconds (past the client's timeout).
@@ -458,7 +469,11 @@ class HttpFaultProxy:
         and finally answers 504.
         """
         fault = Fault(
-            DELAY, delay_s=delay_s, forward=forward, path=re.compile(path) if path else None
+            DELAY,
+            delay_s=delay_s,
+            forward=forward,
+            path=re.compile(path) if path else None,
+            body=body,
         )
         self._set(fault, count, duration_s)
 
@@ -486,7 +501,7 @@ class HttpFaultProxy:
 
     # ---------------------------------------------------------------- bookkeeping
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, body: bytes = b"") -> Fault | None:
         with self._lock:
             fault = self._fault
             if fault is None:
@@ -494,10 +509,11 @@ class HttpFaultProxy:
             if fault.expired(time.monotonic()):
                 self._fault = None
                 return None
-            if not fault.matches(method, path):
+            if not fault.matches(method, path, body):
                 return None
             if fault.remaining is not None:
                 fault.remaining -= 1
+            self.taken[fault.mode] += 1
             return fault
 
     def _record(self, seen: SeenRequest) -> None:
