@@ -35,7 +35,7 @@ def _run_options(func: Any) -> Any:
             help="Central luigid, e.g. http://127.0.0.1:8082; default: in-process scheduler.",
         ),
         click.option(
-            "--force", is_flag=True, help="Mark done chunks of the stream for re-run first."
+            "--force", is_flag=True, help="Mark this command's done chunks for re-run first."
         ),
         click.option(
             "--retries",

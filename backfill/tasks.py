@@ -168,13 +168,15 @@ class KafkaTimeChunk(ChunkTask):
                 stream.topic, self.partition, self.start_offset, self.end_offset, window
             )
         else:
-            [plan] = plan_time_chunks(
+            plans = plan_time_chunks(
                 reader,
                 stream.topic,
                 [self.partition],
                 [window],
                 lateness_ms=parse_duration(self.lateness),
             )
+            # A window the broker says holds no records plans no chunk: read nothing.
+            plan = plans[0] if plans else KafkaChunkPlan(stream.topic, self.partition, 0, 0, window)
         return KafkaChunkSource(reader, plan)
 
 
