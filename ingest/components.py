@@ -100,13 +100,11 @@ def _dead_letter_publisher(
     if stream.dead_letter_topic is None:
         return None
     topic = DeadLetterTopic(settings, stream.dead_letter_topic)
+    policy = retrying(
+        max_total_s=settings.runtime.max_retry_s, on_retry=on_retry, what="dead-letter publish"
+    )
 
     def publish(dead: Sequence[DeadLetter]) -> None:
-        policy = retrying(
-            max_total_s=settings.runtime.max_retry_s,
-            on_retry=on_retry,
-            what="dead-letter publish",
-        )
         policy(topic, dead)
 
     return publish

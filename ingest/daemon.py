@@ -27,7 +27,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import FrameType
 
 import structlog
@@ -39,7 +38,6 @@ from ingest.health import Health
 from ingest.indices import IndexRouter, ensure_live_index
 from ingest.ledger import OffsetCommit
 from ingest.metrics import Metrics
-from ingest.pipeline import FlushOutcome
 from ingest.retry import RetryEvent, retrying
 from ingest.settings import Settings, StreamSettings
 from ingest.source import KafkaRangeReader, KafkaSource, consumer_config
@@ -50,16 +48,6 @@ log = structlog.get_logger(__name__)
 def group_id_for(settings: Settings, stream: StreamSettings) -> str:
     """One consumer group per stream, so streams rebalance independently."""
     return f"{settings.kafka.group_id}.{stream.name}"
-
-
-@dataclass
-class Totals:
-    """Cumulative counters of one worker, mirrored into its ledger run row."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def add(self, outcome: FlushOutcome) -> None:
-        self.counts.update(outcome.counters())
 
 
 class StreamWorker:
@@ -97,7 +85,8 @@ class StreamWorker:
         self._batch = Batch()
         self._generations: dict[int, int] = {}
         self._source: KafkaSource | None = None
-        self.totals = Totals()
+        #: Cumulative flush counters of this worker (the ledger run row adds the same).
+        self.totals: Counter[str] = Counter()
         self._summarised = 0
         self._retry_ledger = retrying(
             max_total_s=settings.runtime.max_retry_s, on_retry=self._on_retry, what="ledger"
@@ -184,7 +173,7 @@ class StreamWorker:
                 self._batch = Batch()
             if source is not None:
                 source.close()
-        log.info("stream_stopped", stream=self.stream.name, **dict(self.totals.counts))
+        log.info("stream_stopped", stream=self.stream.name, **dict(self.totals))
 
     def _tolerate_outage(self, what: str, call: Callable[[], None]) -> None:
         """Periodic ledger calls skip a beat while PostgreSQL is unreachable; the flush's own
@@ -257,7 +246,7 @@ class StreamWorker:
         self._router.note_flush(batch.first_offsets)
         if self._source is not None:
             self._source.commit(next_offsets)
-        self.totals.add(outcome)
+        self.totals.update(outcome.counters())
         if self._health:
             self._health.flushed(stream=self.stream.name)
         if self._metrics:
@@ -310,7 +299,7 @@ class StreamWorker:
     def _summary(self, elapsed_s: float) -> None:
         """The periodic throughput/lag line; rates are over the time since the last one."""
         lag = self._source.lag() if self._source is not None else {}
-        consumed = self.totals.counts["consumed"]
+        consumed = self.totals["consumed"]
         rate = (consumed - self._summarised) / elapsed_s if elapsed_s > 0 else 0.0
         self._summarised = consumed
         log.info(
@@ -320,7 +309,7 @@ class StreamWorker:
             lag=sum(lag.values()),
             records_per_s=round(rate, 1),
             buffered_bytes=self._batch.size_bytes,
-            **dict(self.totals.counts),
+            **dict(self.totals),
         )
 
 

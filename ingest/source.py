@@ -18,7 +18,6 @@ from typing import Any
 import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -420,7 +419,6 @@ class KafkaRangeReader:
 
 
 __all__ = [
-    "OFFSET_END",
     "KafkaRangeReader",
     "KafkaSource",
     "OffsetRange",
