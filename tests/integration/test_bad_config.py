@@ -21,7 +21,7 @@ import tomli_w
 
 from ingest.devstack import free_port
 from ingest.settings import Settings
-from tests.support.daemon import settings_to_toml
+from tests.support.daemon import settings_document
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ START_TIME = [
 
 
 def _config(settings: Settings, tmp_path: Path, mutate: Mutation) -> Path:
-    data = settings_to_toml(settings)
+    data = settings_document(settings)
     mutate(data)
     path = tmp_path / "bad.toml"
     path.write_text(tomli_w.dumps(data))

@@ -43,7 +43,7 @@ from tests.support.daemon import (
     caught_up,
     dead_letter_offsets,
     end_offsets,
-    settings_to_toml,
+    settings_document,
     wait_for,
 )
 
@@ -124,7 +124,7 @@ def test_no_secret_in_any_output_or_the_ledger(
     kv_dsn_file = tmp_path / "ledger-dsn"
     kv_dsn_file.write_text(make_conninfo(ledger_dsn, password=secrets["ledger_kv"]))
 
-    data: dict[str, Any] = settings_to_toml(settings)
+    data: dict[str, Any] = settings_document(settings)
     del data["ledger"]["dsn"]  # from the environment only
     data["search"]["username"] = "elastic"
     data["kafka"]["client"] = {"sasl.username": "ingest"}

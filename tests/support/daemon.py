@@ -16,30 +16,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from ingest.ledger import PostgresLedger
 from ingest.search import connect_search
 from ingest.settings import Settings
 from ingest.source import KafkaRangeReader
+from tests.support.procs import settings_document, write_config
+
+__all__ = ["settings_document", "write_config"]  # re-exported for the tests
 
 INGEST = str(Path(sys.executable).with_name("ingest"))
-
-
-def settings_to_toml(settings: Settings) -> dict[str, Any]:
-    """The TOML document that loads back into ``settings`` (secrets included, test only)."""
-    data = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
-    data["ledger"]["dsn"] = settings.ledger.dsn.get_secret_value()
-    for key in ("password", "api_key", "bearer_token"):
-        value = getattr(settings.search, key)
-        if value is not None:
-            data["search"][key] = value.get_secret_value()
-    return data
-
-
-def write_config(settings: Settings, path: Path) -> Path:
-    path.write_text(tomli_w.dumps(settings_to_toml(settings)))
-    return path
 
 
 class DaemonProcess:

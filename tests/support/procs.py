@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import psutil
-from pydantic import SecretStr
+import tomli_w
 
 from ingest.devstack import StackEndpoints, env_vars
 from ingest.settings import Settings
@@ -324,48 +324,25 @@ def stop_quietly(target: Target, timeout_s: float = 10.0) -> None:
 # --------------------------------------------------------------------------- config files
 
 
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
-        return "{" + ", ".join(items) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+def settings_document(settings: Settings) -> dict[str, Any]:
+    """The TOML document (as a dict, for tests to alter) that loads back into ``settings``,
+    secrets included (test only)."""
+    data = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["ledger"]["dsn"] = settings.ledger.dsn.get_secret_value()
+    for section, model in (
+        ("search", settings.search),
+        ("schema_registry", settings.schema_registry),
+    ):
+        for key in ("password", "api_key", "bearer_token"):
+            value = getattr(model, key, None)
+            if value is not None:
+                data[section][key] = value.get_secret_value()
+    return data
 
 
 def settings_to_toml(settings: Settings) -> str:
     """Settings as TOML that ``load_settings`` reads back to an equal object (secrets too)."""
-    data = settings.model_dump(by_alias=True, exclude_none=True)
-    lines: list[str] = []
-    for key, value in data.items():
-        if not isinstance(value, dict | list | tuple):
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in data.items():
-        if isinstance(value, dict):
-            lines.append(f"\n[{_toml_key(key)}]")
-            lines += [
-                f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
-            ]
-    for key, value in data.items():
-        if isinstance(value, list | tuple):
-            for item in value:
-                lines.append(f"\n[[{_toml_key(key)}]]")
-                lines += [
-                    f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items() if v is not None
-                ]
-    return "\n".join(lines) + "\n"
+    return tomli_w.dumps(settings_document(settings))
 
 
 def write_config(settings: Settings, path: Path) -> Path:
