@@ -194,6 +194,11 @@ class AvroCodec:
         self._unknown_until: dict[int, float] = {}
         self._checkers: dict[int, RecordChecker] = {}
 
+    @property
+    def decimals_as_float(self) -> bool:
+        """True when decimals decode to the nearest float (what JSON documents hold)."""
+        return self._decimals_as_float
+
     @classmethod
     def for_stream(
         cls,

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import structlog
+
 from ingest.catalog import SchemaCatalog
 from ingest.codec import AvroCodec
 from ingest.deadletter_topic import DeadLetterTopic
@@ -21,8 +23,11 @@ from ingest.retry import OnRetry, retrying
 from ingest.search import SearchClient, connect_search
 from ingest.settings import Settings, StreamSettings
 from ingest.sink import BulkSink
+from ingest.transcode import fast_path_for
 from ingest.transform import Transformer, load_hook
 from ingest.types import DeadLetter
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -78,7 +83,6 @@ def build_pipeline(
     """The one pipeline for ``stream``: codec -> transform -> bulk sink -> ledger."""
     settings = components.settings
     codec = AvroCodec.for_stream(settings, stream, components.catalog, decimals_as_float=True)
-    transformer = Transformer(stream)
     sink = BulkSink(components.search, max_retry_s=settings.runtime.max_retry_s, on_retry=on_retry)
     writer = BatchWriter(
         stream,
@@ -90,7 +94,19 @@ def build_pipeline(
             max_total_s=settings.runtime.max_retry_s, on_retry=on_retry, what="ledger commit"
         ),
     )
-    return StreamPipeline(RecordProcessor(stream, codec, transformer), writer, sink)
+    return StreamPipeline(processor_for(stream, codec), writer, sink)
+
+
+def processor_for(stream: StreamSettings, codec: AvroCodec) -> RecordProcessor:
+    """The record processor of ``stream``: on the native fast path wherever it applies.
+
+    ``codec`` should read decimals as floats (``decimals_as_float=True``), as documents
+    hold them; the fast path requires it.
+    """
+    choice = fast_path_for(codec, stream)
+    if choice.transcode is None:
+        log.info("pipeline fast path off", stream=stream.name, reason=choice.reason)
+    return RecordProcessor(stream, codec, Transformer(stream), fast=choice.transcode)
 
 
 def _dead_letter_publisher(

@@ -29,7 +29,14 @@ from ingest.types import DeadLetter, IndexAction, RawRecord
 
 
 class Decoder(Protocol):
-    def decode_batch(self, values: Sequence[bytes]) -> list[dict[str, Any] | RecordError]: ...
+    def decode(self, value: bytes) -> dict[str, Any]:
+        """The record in the reader schema's shape; a RecordError for bad input."""
+        ...
+
+
+#: ``fast(value, key, offset) -> (doc_id, version, body)`` or None for "take the Python
+#: path": the native transcoder, see :mod:`ingest.transcode`.
+FastPath = Callable[[bytes, bytes | None, int], tuple[str, int, bytes] | None]
 
 
 class Sink(Protocol):
@@ -52,49 +59,59 @@ DeadLetterPublisher = Callable[[Sequence[DeadLetter]], None]
 
 
 class RecordProcessor:
-    """Decode, validate and transform records of one stream into a batch."""
+    """Decode, validate and transform records of one stream into a batch.
 
-    def __init__(self, stream: StreamSettings, decoder: Decoder, transformer: Transformer) -> None:
+    ``fast`` (the native transcoder) turns a valid record straight into its action; a
+    record it does not accept takes the Python path, decode then transform, which also
+    names what is wrong with a bad one. Either way records stay in offset order.
+    """
+
+    def __init__(
+        self,
+        stream: StreamSettings,
+        decoder: Decoder,
+        transformer: Transformer,
+        fast: FastPath | None = None,
+    ) -> None:
         self.stream = stream
         self._decoder = decoder
         self._transformer = transformer
+        self._fast = fast
         self._max_record_bytes = stream.max_record_bytes
 
     def process(self, records: Sequence[RawRecord], batch: Batch, now: float) -> None:
         """Append an action or a dead letter for every record; never raises for bad records."""
-        pending: list[RawRecord] = []
+        fast = self._fast
+        max_record_bytes = self._max_record_bytes
         for record in records:
             batch.note(record, now)
-            if record.value is None:
+            value = record.value
+            if value is None:
                 self._tombstone(record, batch)
-            elif record.size_bytes > self._max_record_bytes:
+            elif record.size_bytes > max_record_bytes:
                 self._dead(
                     batch,
                     record,
                     OversizeError(
                         "record is over the stream's size limit",
-                        detail={"bytes": record.size_bytes, "limit": self._max_record_bytes},
+                        detail={"bytes": record.size_bytes, "limit": max_record_bytes},
                     ),
                 )
+            elif fast is not None and (parts := fast(value, record.key, record.offset)):
+                batch.add_action(IndexAction("index", parts[0], parts[1], parts[2], record))
             else:
-                pending.append(record)
-        if not pending:
+                self._decode_and_transform(record, value, batch)
+
+    def _decode_and_transform(self, record: RawRecord, value: bytes, batch: Batch) -> None:
+        try:
+            action = self._transformer.to_action(self._decoder.decode(value), record)
+        except RecordError as exc:
+            self._dead(batch, record, exc)
             return
-        decoded = self._decoder.decode_batch([r.value or b"" for r in pending])
-        to_action = self._transformer.to_action
-        for record, doc in zip(pending, decoded, strict=True):
-            if isinstance(doc, RecordError):
-                self._dead(batch, record, doc)
-                continue
-            try:
-                action = to_action(doc, record)
-            except RecordError as exc:
-                self._dead(batch, record, exc)
-                continue
-            if action is None:
-                batch.filtered += 1
-            else:
-                batch.add_action(action)
+        if action is None:
+            batch.filtered += 1
+        else:
+            batch.add_action(action)
 
     def _tombstone(self, record: RawRecord, batch: Batch) -> None:
         mode = self.stream.tombstones

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ingest.batch import Batch
-from ingest.errors import DecodeError, FramingError, RecordError, RetriesExhausted
+from ingest.errors import DecodeError, FramingError, RetriesExhausted
 from ingest.pipeline import BatchWriter, RecordProcessor
 from ingest.settings import StreamSettings
 from ingest.transform import Transformer
@@ -30,17 +30,13 @@ STREAM = StreamSettings(
 class FakeDecoder:
     """Decodes b"id:version"; b"!" is a framing error, b"?" a decode error."""
 
-    def decode_batch(self, values: Sequence[bytes]) -> list[dict[str, Any] | RecordError]:
-        out: list[dict[str, Any] | RecordError] = []
-        for v in values:
-            if v == b"!":
-                out.append(FramingError("bad magic byte", detail={"byte": 0}))
-            elif v == b"?":
-                out.append(DecodeError("truncated"))
-            else:
-                doc_id, version = v.decode().split(":")
-                out.append({"id": doc_id, "v": int(version)})
-        return out
+    def decode(self, value: bytes) -> dict[str, Any]:
+        if value == b"!":
+            raise FramingError("bad magic byte", detail={"byte": 0})
+        if value == b"?":
+            raise DecodeError("truncated")
+        doc_id, version = value.decode().split(":")
+        return {"id": doc_id, "v": int(version)}
 
 
 @dataclass
@@ -104,10 +100,34 @@ def test_every_record_becomes_an_action_or_a_dead_letter() -> None:
     batch = process(b"a:1", b"!", b"?", b"b:2", b"x" * 100)
     assert [(a.doc_id, a.version) for a in batch.actions] == [("a", 1), ("b", 2)]
     stages = [(d.record.offset, d.stage) for d in batch.dead_letters]
-    assert stages == [(4, "size"), (1, "framing"), (2, "decode")]
-    assert batch.dead_letters[1].record.value == b"!"
-    assert "bad magic byte" in batch.dead_letters[1].reason
+    assert stages == [(1, "framing"), (2, "decode"), (4, "size")]
+    assert batch.dead_letters[0].record.value == b"!"
+    assert "bad magic byte" in batch.dead_letters[0].reason
     assert batch.records == 5 and batch.next_offsets() == {("t", 0): 5}
+
+
+def test_fast_path_results_are_used_and_refusals_take_the_python_path_in_order() -> None:
+    """The transcoder's parts become the action as is; whatever it refuses is decoded
+    and transformed by the Python path (which names bad records), offset order kept."""
+    seen: list[bytes] = []
+
+    def fast(value: bytes, key: bytes | None, offset: int) -> tuple[str, int, bytes] | None:
+        seen.append(value)
+        if value.startswith(b"fast"):
+            return f"f{offset}", offset * 10, b'{"fast":true}'
+        return None
+
+    batch = Batch()
+    processor = RecordProcessor(STREAM, FakeDecoder(), Transformer(STREAM), fast=fast)
+    processor.process(records(b"fast", b"a:1", b"?", b"fast", None), batch, now=0.0)
+    assert [(a.doc_id, a.version, a.body) for a in batch.actions] == [
+        ("f0", 0, b'{"fast":true}'),
+        ("a", 1, b'{"id":"a","v":1}'),
+        ("f3", 30, b'{"fast":true}'),
+        ("key", 0, None),  # a tombstone (broker-time version) never reaches it
+    ]
+    assert [(d.record.offset, d.stage) for d in batch.dead_letters] == [(2, "decode")]
+    assert seen == [b"fast", b"a:1", b"?", b"fast"]
 
 
 @pytest.mark.parametrize(

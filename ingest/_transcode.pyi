@@ -1,0 +1,11 @@
+"""Types of the native transcoder (ingest/_transcode.c); see ingest.transcode."""
+
+from typing import Any
+
+class Transcoder:
+    def __init__(
+        self, program: tuple[Any, ...], header: bytes, id_index: int, version_index: int
+    ) -> None: ...
+    def transcode(
+        self, value: bytes, key: bytes | None, offset: int
+    ) -> tuple[str, int, bytes] | None: ...

@@ -1,0 +1,199 @@
+"""The pipeline's fast path: a framed Avro value straight to the index action's parts, in C.
+
+The Python path decodes a record into a dict (:mod:`ingest.avroread`), then
+:mod:`ingest.transform` derives the id and version and serialises the dict with orjson: about
+15 µs a record, most of it building Python objects only to take them apart again. The native
+transcoder (``ingest/_transcode.c``) reads the Avro binary and writes the same JSON document
+directly, and reads the id and version fields on the way: about 2 µs.
+
+It is only an accelerator, never a second source of truth:
+
+- It runs for values framed with the reader schema's id, on streams without a transform
+  hook (a hook needs the dict), when every type in the schema is one it renders exactly as
+  the Python path does. :func:`fast_path_for` says which and, if not, why not.
+- For any value it does not accept as plainly valid it returns None, and the caller takes
+  the Python path for that record, which produces the dead letter and its reason. The unit
+  tests check on generated schemas and records that both paths give equal documents, ids
+  and versions, and that the transcoder accepts nothing the Python path refuses.
+- Without a C compiler at install time the extension is missing and everything takes the
+  Python path (slower, same results).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastavro._logical_readers_py import LOGICAL_READERS
+
+from ingest.codec import AvroCodec, frame
+from ingest.pipeline import FastPath
+from ingest.settings import StreamSettings
+
+try:
+    from ingest._transcode import Transcoder
+except ImportError:  # built without a C compiler: the Python path does all the work
+    Transcoder = None  # type: ignore[assignment,misc]
+
+#: Node kinds a field used as the document id / the external version may decode to.
+_ID_KINDS = {"null", "string", "long"}
+_VERSION_KINDS = {"null", "long", "timestamp-millis", "timestamp-micros", "date"}
+
+
+class Unsupported(ValueError):
+    """The schema holds something the transcoder does not render as the Python path does."""
+
+
+@dataclass(frozen=True, slots=True)
+class FastPathChoice:
+    """The transcoder for a stream, or None and the reason it takes the Python path."""
+
+    transcode: FastPath | None
+    reason: str
+
+
+def native_available() -> bool:
+    """True when the C extension was built at install time."""
+    return Transcoder is not None
+
+
+def fast_path_for(codec: AvroCodec, stream: StreamSettings) -> FastPathChoice:
+    """The fast path for ``stream``'s records written with ``codec``'s reader schema."""
+    if Transcoder is None:
+        return FastPathChoice(None, "the native transcoder was not built (no C compiler?)")
+    if stream.transform:
+        return FastPathChoice(None, "the stream has a transform hook, which needs the record")
+    if not codec.decimals_as_float:
+        return FastPathChoice(None, "the codec reads decimals as Decimal, not float")
+    schema = codec.reader.schema
+    try:
+        program = compile_program(schema)
+        id_index = _field_index(program, schema, stream.id_field, _ID_KINDS, "id_field")
+        version_index = _field_index(
+            program, schema, stream.version_field, _VERSION_KINDS, "version_field"
+        )
+    except Unsupported as exc:
+        return FastPathChoice(None, str(exc))
+    native = Transcoder(program, frame(codec.reader.schema_id, b""), id_index, version_index)
+    return FastPathChoice(native.transcode, "native")
+
+
+def _field_index(
+    program: tuple[Any, ...],
+    schema: dict[str, Any],
+    name: str | None,
+    kinds: set[str],
+    setting: str,
+) -> int:
+    """Position of top-level field ``name`` (-1 for none) if its values are usable as is."""
+    if name is None:
+        return -1
+    names = [f["name"] for f in schema["fields"]]
+    if name not in names:
+        raise Unsupported(f"{setting} {name!r} is not a field of the schema")
+    index = names.index(name)
+    node = program[1][index][1]
+    leaves = node[1] if node[0] == "union" else (node,)
+    found = {leaf[0] for leaf in leaves}
+    if not found <= kinds:
+        raise Unsupported(f"{setting} {name!r} has a type the fast path does not derive")
+    return index
+
+
+def compile_program(schema: dict[str, Any]) -> tuple[Any, ...]:
+    """The transcoder's program for records written with ``schema`` (fastavro's parsed form).
+
+    Mirrors :class:`ingest.avroread._Gen` type by type: where that reader gives a value the
+    fast path cannot render identically (``Decimal``, ``UUID``, ``time``, recursion), this
+    raises Unsupported and the stream keeps the Python path.
+    """
+    named: dict[str, Any] = {}
+    _register(schema, named)
+    return _node(schema, named, ())
+
+
+def _register(schema: Any, named: dict[str, Any]) -> None:
+    if isinstance(schema, list):
+        for branch in schema:
+            _register(branch, named)
+    elif isinstance(schema, dict):
+        kind = schema["type"]
+        if kind in ("record", "error", "enum", "fixed"):
+            named.setdefault(schema["name"], schema)
+        if kind in ("record", "error"):
+            for f in schema["fields"]:
+                _register(f["type"], named)
+        elif kind == "array":
+            _register(schema["items"], named)
+        elif kind == "map":
+            _register(schema["values"], named)
+        elif isinstance(kind, dict | list):
+            _register(kind, named)
+
+
+_PRIMITIVE_NODES: dict[str, tuple[str, ...]] = {
+    "null": ("null",),
+    "boolean": ("boolean",),
+    "int": ("long",),
+    "long": ("long",),
+    "float": ("float",),
+    "double": ("double",),
+    "string": ("string",),
+    "bytes": ("bytes",),
+}
+
+
+def _node(schema: Any, named: dict[str, Any], stack: tuple[str, ...]) -> tuple[Any, ...]:
+    if isinstance(schema, str) and schema not in _PRIMITIVE_NODES:
+        schema = named[schema]
+    if isinstance(schema, list):
+        return ("union", tuple(_node(branch, named, stack) for branch in schema))
+    if isinstance(schema, str):
+        return _PRIMITIVE_NODES[schema]
+    kind = schema["type"]
+    if isinstance(kind, dict | list):
+        return _node(kind, named, stack)
+    logical = schema.get("logicalType")
+    if logical is not None:
+        node = _logical(schema, kind, logical)
+        if node is not None:
+            return node
+    if kind in _PRIMITIVE_NODES:
+        return _PRIMITIVE_NODES[kind]
+    if kind in ("record", "error"):
+        name = schema["name"]
+        if name in stack:
+            raise Unsupported(f"recursive type {name} takes the Python path")
+        fields = tuple(
+            (
+                (b"{" if i == 0 else b",") + orjson.dumps(f["name"]) + b":",
+                _node(f["type"], named, (*stack, name)),
+            )
+            for i, f in enumerate(schema["fields"])
+        )
+        return ("record", fields)
+    if kind == "enum":
+        return ("enum", tuple(orjson.dumps(symbol) for symbol in schema["symbols"]))
+    if kind == "fixed":
+        return ("fixed", int(schema["size"]))
+    if kind == "array":
+        return ("array", _node(schema["items"], named, stack))
+    if kind == "map":
+        return ("map", _node(schema["values"], named, stack))
+    raise Unsupported(f"Avro type {kind!r} takes the Python path")
+
+
+def _logical(schema: dict[str, Any], kind: str, logical: str) -> tuple[Any, ...] | None:
+    """The node for a logical type; None where the reader ignores it (the plain type)."""
+    if kind == "long" and logical in ("timestamp-millis", "local-timestamp-millis"):
+        return ("timestamp-millis",)
+    if kind == "long" and logical in ("timestamp-micros", "local-timestamp-micros"):
+        return ("timestamp-micros",)
+    if kind == "bytes" and logical == "decimal":
+        return ("decimal", int(schema.get("scale", 0)))
+    if f"{kind}-{logical}" not in LOGICAL_READERS:
+        return None  # unknown logical type: the reader gives the underlying type
+    if kind == "int" and logical == "date":
+        return ("date",)
+    raise Unsupported(f"logical type {logical} on {kind} takes the Python path")
