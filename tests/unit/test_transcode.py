@@ -1,0 +1,541 @@
+"""The native transcoder against the Python path it accelerates.
+
+Two properties, on generated schemas and records:
+
+- agreement: for every valid record both paths give the same id, version and document;
+- refusal: whatever bytes it is given, the transcoder accepts nothing the Python path
+  refuses (a refusal sends the record down the Python path, which names the problem).
+
+Plus the edges by name: UTF-8, floats, time ranges, big decimals, duplicate map keys,
+and which streams get the fast path at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import itertools
+import math
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest.avroread import compile_reader
+from ingest.catalog import SchemaCatalog
+from ingest.codec import AvroCodec, frame
+from ingest.errors import RecordError
+from ingest.samples import sample_orders
+from ingest.settings import StreamSettings
+from ingest.transcode import Unsupported, compile_program, fast_path_for, native_available
+from ingest.transform import Transformer
+from ingest.types import RawRecord
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+CATALOG = SchemaCatalog.load(SCHEMAS)
+SCHEMA_ID = 7
+HEADER = frame(SCHEMA_ID, b"")
+_MIN_MS = -62_135_596_800_000  # 0001-01-01
+_MAX_MS = 253_402_300_799_999  # 9999-12-31 23:59:59.999
+_EPOCH_DATE = dt.date(1970, 1, 1)
+
+
+def test_the_extension_is_built() -> None:
+    """Installs on this project's machines have a C compiler: the fast path must exist."""
+    assert native_available()
+
+
+def stream(id_field: str | None = "id", version_field: str | None = "v") -> StreamSettings:
+    return StreamSettings(
+        name="s",
+        topic="t",
+        subject="orders",
+        alias="a",
+        id_field=id_field,
+        version_field=version_field,
+    )
+
+
+class Paths:
+    """The two paths for one writer schema and one stream's id/version settings."""
+
+    def __init__(self, schema: dict[str, Any], settings: StreamSettings) -> None:
+        from ingest._transcode import Transcoder
+
+        parsed = fastavro.parse_schema(schema, named_schemas={})
+        self.parsed = parsed
+        self.read = compile_reader(parsed, decimals_as_float=True)
+        self.transformer = Transformer(settings)
+        names = [f["name"] for f in parsed["fields"]]
+
+        def index(name: str | None) -> int:
+            return names.index(name) if name in names else -1
+
+        self.native = Transcoder(
+            compile_program(parsed),
+            HEADER,
+            index(settings.id_field),
+            index(settings.version_field),
+        )
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, self.parsed, record)
+        return HEADER + out.getvalue()
+
+    def slow(self, value: bytes, key: bytes | None, offset: int) -> tuple[str, int, Any]:
+        """The Python path; raises RecordError (or a reader failure) for a bad record."""
+        doc, end = self.read(value, len(HEADER))
+        if end != len(value):
+            raise RecordError("trailing bytes")
+        action = self.transformer.to_action(doc, RawRecord("t", 0, offset, key, value))
+        assert action is not None and action.body is not None
+        return action.doc_id, action.version, orjson.loads(action.body)
+
+    def fast(self, value: bytes, key: bytes | None, offset: int) -> tuple[str, int, Any] | None:
+        parts = self.native.transcode(value, key, offset)
+        if parts is None:
+            return None
+        return parts[0], parts[1], orjson.loads(parts[2])
+
+
+# --------------------------------------------------------------- schema generation
+
+_names = itertools.count()
+
+
+def _name(stem: str) -> str:
+    return f"{stem}{next(_names)}"
+
+
+def _leaf_types() -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.sampled_from(["null", "boolean", "int", "long", "float", "double", "string", "bytes"]),
+        st.sampled_from(
+            [
+                {"type": "long", "logicalType": "timestamp-millis"},
+                {"type": "long", "logicalType": "timestamp-micros"},
+                {"type": "long", "logicalType": "local-timestamp-millis"},
+                {"type": "long", "logicalType": "local-timestamp-micros"},
+                {"type": "int", "logicalType": "date"},
+                {"type": "string", "logicalType": "no-such-type"},
+            ]
+        ),
+        st.integers(1, 15).flatmap(
+            lambda precision: st.integers(0, precision).map(
+                lambda scale: {
+                    "type": "bytes",
+                    "logicalType": "decimal",
+                    "precision": precision,
+                    "scale": scale,
+                }
+            )
+        ),
+        st.integers(0, 6).map(lambda size: {"type": "fixed", "name": _name("F"), "size": size}),
+        st.lists(st.sampled_from(["A", "B", "C_d", "e9"]), min_size=1, max_size=4, unique=True).map(
+            lambda symbols: {"type": "enum", "name": _name("E"), "symbols": symbols}
+        ),
+    )
+
+
+def _types(depth: int) -> st.SearchStrategy[Any]:
+    if depth == 0:
+        return _leaf_types()
+    inner = _types(depth - 1)
+    return st.one_of(
+        _leaf_types(),
+        inner.map(lambda t: {"type": "array", "items": t}),
+        inner.map(lambda t: {"type": "map", "values": t}),
+        inner.filter(lambda t: t != "null").map(lambda t: ["null", t]),
+        st.lists(inner, min_size=0, max_size=3).map(
+            lambda ts: {
+                "type": "record",
+                "name": _name("R"),
+                "fields": [{"name": f"f{i}", "type": t} for i, t in enumerate(ts)],
+            }
+        ),
+    )
+
+
+_ID_TYPES = ["string", "long", "int", ["null", "string"]]
+_VERSION_TYPES = [
+    "long",
+    {"type": "long", "logicalType": "timestamp-millis"},
+    {"type": "long", "logicalType": "timestamp-micros"},
+    {"type": "int", "logicalType": "date"},
+    ["null", "long"],
+]
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[dict[str, Any], StreamSettings]:
+    """A top-level record schema with an id and a version field, and the stream's settings."""
+    fields = [
+        {"name": f"x{i}", "type": t}
+        for i, t in enumerate(draw(st.lists(_types(2), min_size=0, max_size=5)))
+    ]
+    for name, types in (("id", _ID_TYPES), ("v", _VERSION_TYPES)):
+        field = {"name": name, "type": draw(st.sampled_from(types))}
+        fields.insert(draw(st.integers(0, len(fields))), field)
+    schema = {"type": "record", "name": _name("Top"), "fields": fields}
+    settings = stream(
+        id_field=draw(st.sampled_from(["id", None])),
+        version_field=draw(st.sampled_from(["v", None])),
+    )
+    return schema, settings
+
+
+_FLOATS = st.one_of(
+    st.floats(),  # NaN and infinities included: both paths write null
+    st.sampled_from([0.0, -0.0, 1e16, 1e-7, 5e-324, 1.7976931348623157e308, 0.1, 12.99, 1e15]),
+)
+
+
+def values(schema: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values fastavro can write for ``schema`` (raw JSON form)."""
+    if isinstance(schema, list):
+        return st.one_of([values(b, named) for b in schema])
+    if isinstance(schema, str):
+        if schema in named:
+            return values(named[schema], named)
+        schema = {"type": schema}
+    kind, logical = schema["type"], schema.get("logicalType")
+    if logical in ("timestamp-millis", "local-timestamp-millis"):
+        return st.integers(_MIN_MS, _MAX_MS)
+    if logical in ("timestamp-micros", "local-timestamp-micros"):
+        return st.integers(_MIN_MS * 1000, _MAX_MS * 1000 + 999)
+    if logical == "date":
+        return st.dates()
+    if logical == "decimal":
+        scale, precision = schema["scale"], schema["precision"]
+        return st.integers(-(10**precision) + 1, 10**precision - 1).map(
+            lambda n: Decimal(n).scaleb(-scale)
+        )
+    simple: dict[str, st.SearchStrategy[Any]] = {
+        "null": st.none(),
+        "boolean": st.booleans(),
+        "int": st.integers(-(2**31), 2**31 - 1),
+        "long": st.integers(-(2**63), 2**63 - 1),
+        "float": st.floats(width=32),
+        "double": _FLOATS,
+        "string": st.text(max_size=10),
+        "bytes": st.binary(max_size=10),
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "fixed":
+        named[schema["name"]] = schema
+        return st.binary(min_size=schema["size"], max_size=schema["size"])
+    if kind == "enum":
+        named[schema["name"]] = schema
+        return st.sampled_from(schema["symbols"])
+    if kind == "array":
+        return st.lists(values(schema["items"], named), max_size=3)
+    if kind == "map":
+        return st.dictionaries(st.text(max_size=5), values(schema["values"], named), max_size=3)
+    assert kind == "record", kind
+    named[schema["name"]] = schema
+    return st.fixed_dictionaries({f["name"]: values(f["type"], named) for f in schema["fields"]})
+
+
+@st.composite
+def encoded(draw: st.DrawFn) -> tuple[Paths, bytes, bytes | None, int]:
+    schema, settings = draw(cases())
+    paths = Paths(schema, settings)
+    record = draw(values(schema, {}))
+    key = draw(st.one_of(st.none(), st.binary(max_size=6), st.text(max_size=6).map(str.encode)))
+    return paths, paths.encode(record), key, draw(st.integers(0, 2**62))
+
+
+# ----------------------------------------------------------------------- properties
+
+PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(case=encoded())
+def test_both_paths_agree_on_every_valid_record(
+    case: tuple[Paths, bytes, bytes | None, int],
+) -> None:
+    paths, value, key, offset = case
+    try:
+        expected = paths.slow(value, key, offset)
+    except RecordError:
+        # Only the id and version can make a written record unusable (empty id, no key,
+        # a null version, ...): the transcoder must refuse it too.
+        assert paths.fast(value, key, offset) is None
+        return
+    got = paths.fast(value, key, offset)
+    assert got is not None, "the transcoder refused a record the Python path takes"
+    assert got[:2] == expected[:2]
+    assert got[2] == expected[2]  # NaN never occurs: both write null
+
+
+@PROPERTY
+@given(
+    case=encoded(),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=3),
+    cut=st.integers(0, 10_000),
+    extra=st.binary(max_size=3),
+)
+def test_the_transcoder_accepts_nothing_the_python_path_refuses(
+    case: tuple[Paths, bytes, bytes | None, int],
+    flips: list[tuple[int, int]],
+    cut: int,
+    extra: bytes,
+) -> None:
+    paths, value, key, offset = case
+    body = bytearray(value[len(HEADER) :])
+    for at, mask in flips:
+        if body:
+            body[at % len(body)] ^= mask
+    mutated = HEADER + bytes(body[: cut % (len(body) + 1)]) + extra
+    got = paths.fast(mutated, key, offset)
+    if got is None:
+        return
+    try:
+        expected = paths.slow(mutated, key, offset)
+    except Exception as exc:  # any refusal at all is the point
+        pytest.fail(f"the transcoder took bytes the Python path refuses: {exc!r}")
+    assert got[:2] == expected[:2]
+    assert got[2] == expected[2]
+
+
+def test_sample_orders_give_byte_identical_documents() -> None:
+    codec = AvroCodec(CATALOG, "orders", decimals_as_float=True)
+    writer = AvroCodec(CATALOG, "orders")
+    settings = stream("order_id", "updated_at")
+    choice = fast_path_for(codec, settings)
+    assert choice.transcode is not None, choice.reason
+    transformer = Transformer(settings)
+    for offset, order in enumerate(itertools.islice(sample_orders(5), 3000)):
+        value = writer.encode(order)
+        key = order["order_id"].encode()
+        action = transformer.to_action(codec.decode(value), RawRecord("t", 0, offset, key, value))
+        assert action is not None
+        assert choice.transcode(value, key, offset) == (action.doc_id, action.version, action.body)
+
+
+# --------------------------------------------------------------------- named edges
+
+
+def one_field(kind: Any, settings: StreamSettings | None = None) -> Paths:
+    schema = {"type": "record", "name": "One", "fields": [{"name": "x", "type": kind}]}
+    return Paths(schema, settings or stream(None, None))
+
+
+def raw(paths: Paths, avro: bytes, key: bytes | None = b"k") -> tuple[Any, Any]:
+    """(fast result, slow result or the exception it raised) for hand-written Avro."""
+    value = HEADER + avro
+    try:
+        slow: Any = paths.slow(value, key, 3)
+    except Exception as exc:
+        slow = exc
+    return paths.fast(value, key, 3), slow
+
+
+def zigzag(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    return bytes(out) + bytes([z])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"\xc0\x80", id="overlong"),
+        pytest.param(b"\xed\xa0\x80", id="surrogate"),
+        pytest.param(b"\xf4\x90\x80\x80", id="beyond-U+10FFFF"),
+        pytest.param(b"\xe2\x82", id="truncated"),
+        pytest.param(b"\x80", id="lone-continuation"),
+        pytest.param(b"ok\xff", id="invalid-byte"),
+    ],
+)
+def test_invalid_utf8_takes_the_python_path_which_refuses_it(data: bytes) -> None:
+    fast, slow = raw(one_field("string"), zigzag(len(data)) + data)
+    assert fast is None
+    assert isinstance(slow, Exception)
+
+
+def test_strings_escape_like_orjson() -> None:
+    text = 'q"b\\s/\n\r\t\b\f\x00\x1f\x7f é 漢 😀 \u2028'
+    data = text.encode()
+    paths = one_field("string")
+    parts = paths.native.transcode(HEADER + zigzag(len(data)) + data, b"k", 0)
+    assert parts is not None
+    assert parts[2] == orjson.dumps({"x": text})
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        0.1,
+        12.99,
+        1e15,
+        1e16,
+        123456789012345.6,
+        1e-7,
+        5e-324,
+        2.2e-308,
+        1.7976931348623157e308,
+        math.pi,
+        -1 / 3,
+        math.nan,
+        math.inf,
+        -math.inf,
+    ],
+)
+def test_doubles_parse_back_to_the_same_value(number: float) -> None:
+    paths = one_field("double")
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, paths.parsed, {"x": number})
+    parts = paths.native.transcode(HEADER + out.getvalue(), b"k", 0)
+    assert parts is not None
+    got = orjson.loads(parts[2])["x"]
+    if math.isfinite(number):
+        assert got == number and math.copysign(1, got) == math.copysign(1, number)
+    else:
+        assert got is None  # as orjson writes non-finite numbers
+
+
+@pytest.mark.parametrize(
+    ("ms", "accepted"),
+    [
+        (_MIN_MS, True),
+        (_MAX_MS, True),
+        (0, True),
+        (-1, True),
+        (_MIN_MS - 1, False),
+        (_MAX_MS + 1, False),
+        (2**33 * 1000, True),
+    ],
+)
+def test_timestamp_range_is_pythons(ms: int, accepted: bool) -> None:
+    fast, slow = raw(one_field({"type": "long", "logicalType": "timestamp-millis"}), zigzag(ms))
+    assert (fast is not None) == accepted
+    if accepted:
+        assert fast == slow
+    else:
+        assert isinstance(slow, Exception)
+
+
+@pytest.mark.parametrize(
+    ("micros", "version"), [(-1, -1), (-999, -1), (-1000, -1), (-1001, -2), (1999, 1)]
+)
+def test_micros_versions_floor_to_milliseconds(micros: int, version: int) -> None:
+    settings = stream(None, "x")
+    fast, slow = raw(
+        one_field({"type": "long", "logicalType": "timestamp-micros"}, settings), zigzag(micros)
+    )
+    assert fast is not None and fast == slow
+    assert fast[1] == version
+
+
+def test_decimals_beyond_two_to_the_53_take_the_python_path() -> None:
+    paths = one_field({"type": "bytes", "logicalType": "decimal", "precision": 30, "scale": 4})
+    for unscaled in (2**53, -(2**53) - 1, 10**25 + 7):
+        data = unscaled.to_bytes(12, "big", signed=True)
+        fast, slow = raw(paths, zigzag(len(data)) + data)
+        assert fast is None
+        assert slow[2] == {"x": unscaled / 10**4}
+    data = (2**53 - 1).to_bytes(7, "big", signed=True)
+    fast, slow = raw(paths, zigzag(7) + data)
+    assert fast == slow
+
+
+def test_duplicate_map_keys_take_the_python_path() -> None:
+    """A dict keeps the last value once; JSON text would hold the key twice."""
+    paths = one_field({"type": "map", "values": "long"})
+    entry = zigzag(1) + b"a" + zigzag(5)
+    fast, slow = raw(paths, zigzag(2) + entry + zigzag(1) + b"a" + zigzag(6) + zigzag(0))
+    assert fast is None and slow[2] == {"x": {"a": 6}}
+    many = b"".join(zigzag(2) + f"{i:02d}".encode() + zigzag(i) for i in range(40))
+    fast, slow = raw(paths, zigzag(40) + many + zigzag(0))
+    assert fast is not None and fast == slow
+    dup = many + zigzag(2) + b"07" + zigzag(1)
+    fast, slow = raw(paths, zigzag(41) + dup + zigzag(0))
+    assert fast is None and slow[2]["x"]["07"] == 1
+
+
+def test_varints_beyond_64_bits_take_the_python_path() -> None:
+    fast, _ = raw(one_field("long"), b"\xff" * 9 + b"\x7f")
+    assert fast is None
+    fast, slow = raw(one_field("long"), zigzag(-(2**63)))
+    assert fast == slow and fast is not None and fast[2] == {"x": -(2**63)}
+
+
+def test_ids_come_from_the_key_when_there_is_no_id_field() -> None:
+    paths = one_field("long")
+    assert raw(paths, zigzag(1), key="ключ".encode())[0][0] == "ключ"
+    for key in (None, b"\xff"):
+        fast, slow = raw(paths, zigzag(1), key=key)
+        assert fast is None and isinstance(slow, RecordError)
+
+
+def test_other_writer_ids_and_trailing_bytes_take_the_python_path() -> None:
+    paths = one_field("long")
+    assert paths.native.transcode(frame(SCHEMA_ID + 1, zigzag(1)), b"k", 0) is None
+    assert paths.native.transcode(HEADER + zigzag(1) + b"\x00", b"k", 0) is None
+    assert paths.native.transcode(b"\x00\x00", b"k", 0) is None
+
+
+# ------------------------------------------------------------------ who gets it
+
+
+def test_streams_with_a_hook_or_exotic_types_keep_the_python_path() -> None:
+    codec = AvroCodec(CATALOG, "orders", decimals_as_float=True)
+    orders = stream("order_id", "updated_at")
+    assert fast_path_for(codec, orders).reason == "native"
+    hooked = orders.model_copy(update={"transform": "json:dumps"})
+    assert "hook" in fast_path_for(codec, hooked).reason
+    assert "Decimal" in fast_path_for(AvroCodec(CATALOG, "orders"), orders).reason
+    by_amount = orders.model_copy(update={"id_field": "total_amount"})
+    assert "id_field 'total_amount'" in fast_path_for(codec, by_amount).reason
+    by_status = orders.model_copy(update={"version_field": "status"})
+    assert "version_field 'status'" in fast_path_for(codec, by_status).reason
+    missing = orders.model_copy(update={"id_field": "nope"})
+    assert "not a field" in fast_path_for(codec, missing).reason
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        {"type": "string", "logicalType": "uuid"},
+        {"type": "int", "logicalType": "time-millis"},
+        {"type": "long", "logicalType": "time-micros"},
+        {
+            "type": "fixed",
+            "name": "D",
+            "size": 8,
+            "logicalType": "decimal",
+            "precision": 10,
+            "scale": 2,
+        },
+    ],
+)
+def test_types_rendered_differently_are_unsupported(kind: dict[str, Any]) -> None:
+    schema = {"type": "record", "name": "U", "fields": [{"name": "x", "type": kind}]}
+    with pytest.raises(Unsupported):
+        compile_program(fastavro.parse_schema(schema, named_schemas={}))
+
+
+def test_recursive_types_are_unsupported() -> None:
+    schema = {
+        "type": "record",
+        "name": "Node",
+        "fields": [{"name": "next", "type": ["null", "Node"]}],
+    }
+    with pytest.raises(Unsupported, match="recursive"):
+        compile_program(fastavro.parse_schema(schema, named_schemas={}))
