@@ -16,6 +16,7 @@ dead letters are unique per record, so the index and the dead-letter store conve
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class LedgerCommitter(Protocol):
         dead_letters: Sequence[DeadLetter],
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
+        flush: tuple[str, int] | None = None,
     ) -> None: ...
 
 
@@ -175,9 +177,12 @@ class BatchWriter:
         self._publish = publish_dead_letters
         #: Runs the ledger commit, retrying TransientErrors (PostgreSQL unreachable for a
         #: while): ``retry(fn, *args)``. Re-running a commit that did land is harmless:
-        #: offsets only move forward and dead letters are unique per record.
+        #: offsets only move forward, dead letters are unique per record, and the run's
+        #: counters take each (writer, flush number) once.
         self._retry = retry
         self._clock = clock
+        self._writer_id = uuid.uuid4().hex
+        self._flushes = 0
 
     def flush(
         self, batch: Batch, targets: Sequence[str], offsets: Sequence[Any] = ()
@@ -204,10 +209,14 @@ class BatchWriter:
         outcome.dead_letters.update(d.stage for d in dead)
         if dead and self._publish is not None:
             self._publish(dead)
-        commit_args = (offsets, dead, self.run_id, outcome.counters())
+        self._flushes += 1
+        commit_args = (offsets, dead, self.run_id, outcome.counters(), self._flush_mark())
         if self._retry is None:
             self._ledger.commit(*commit_args)
         else:
             self._retry(self._ledger.commit, *commit_args)
         outcome.took_s = self._clock() - started
         return outcome
+
+    def _flush_mark(self) -> tuple[str, int]:
+        return (self._writer_id, self._flushes)

@@ -42,6 +42,11 @@ class PartitionClaim:
     next_offset: int | None
 
 
+#: ``(writer id, flush number)``: which flush a ledger commit records. A writer numbers its
+#: flushes from 1; the run's counters take each number once, so a re-sent commit is harmless.
+FlushMark = tuple[str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class OffsetCommit:
     """Move ``group``'s position on one partition to ``next_offset`` (the next to read)."""

@@ -23,6 +23,7 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -48,6 +49,7 @@ from ingest.ledger.models import (
     RUN_STATUSES,
     ChunkRow,
     DeadLetterRow,
+    FlushMark,
     IndexVersionRow,
     OffsetCommit,
     OffsetRow,
@@ -64,6 +66,8 @@ from ingest.settings import LedgerSettings, dsn_secret, redact_dsn
 from ingest.types import DeadLetter
 
 log = structlog.get_logger(__name__)
+#: What a RunRow shows; bookkeeping columns (flush_marks) stay out of it.
+_RUN_COLUMNS = sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(RunRow))
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _RUN_KIND = re.compile(r"^[a-z][a-z_-]{0,62}$")
@@ -229,6 +233,7 @@ class PostgresLedger:
         dead_letters: Sequence[DeadLetter] = (),
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
+        flush: FlushMark | None = None,
     ) -> None:
         """Record one flush atomically: next offsets, dead letters and run counters.
 
@@ -236,7 +241,8 @@ class PostgresLedger:
         :class:`FencedError` (and writes nothing) if any partition's stored generation is not
         the one given. ``next_offset`` never moves backwards. Dead letters already stored
         (same stream, source, topic, partition, offset) only get ``attempts``/``last_seen_at``
-        bumped. ``counters`` are added to the run's counters.
+        bumped. ``counters`` are added to the run's counters, once per ``flush`` mark
+        (writer id, flush number): re-sending a commit that landed adds nothing.
         """
         ordered = sorted(offsets, key=lambda c: (c.group, c.topic, c.partition))
         added = check_counters(counters)
@@ -245,7 +251,7 @@ class PostgresLedger:
                 self._commit_offset(conn, c)
             self._upsert_dead_letters(conn, dead_letters)
             if run_id is not None and added:
-                self._add_counters(conn, run_id, added)
+                self._add_counters(conn, run_id, added, flush)
 
     def offsets(self, group: str, topic: str) -> dict[int, int]:
         """Committed next offsets of ``group`` on ``topic``; never-committed partitions left out."""
@@ -323,7 +329,7 @@ class PostgresLedger:
         log.info("ledger_run_finished", run_id=run_id, status=status)
 
     def run(self, run_id: int) -> RunRow | None:
-        query = sql.SQL("SELECT * FROM {} WHERE id = %s").format(self._table("runs"))
+        query = sql.SQL("SELECT {} FROM {} WHERE id = %s").format(_RUN_COLUMNS, self._table("runs"))
         with self._conn("run") as conn:
             rows = self._dicts(conn, query, (run_id,))
         return RunRow(**rows[0]) if rows else None
@@ -338,8 +344,8 @@ class PostgresLedger:
     ) -> list[RunRow]:
         """The newest runs first, optionally filtered."""
         where, values = self._filters(kind=kind, stream=stream, status=status)
-        query = sql.SQL("SELECT * FROM {} {} ORDER BY id DESC LIMIT %s").format(
-            self._table("runs"), where
+        query = sql.SQL("SELECT {} FROM {} {} ORDER BY id DESC LIMIT %s").format(
+            _RUN_COLUMNS, self._table("runs"), where
         )
         with self._conn("runs") as conn:
             return [RunRow(**row) for row in self._dicts(conn, query, (*values, limit))]
@@ -805,16 +811,35 @@ class PostgresLedger:
         with conn.cursor() as cur:
             cur.executemany(query, rows)
 
-    def _add_counters(self, conn: Conn, run_id: int, counters: dict[str, int]) -> None:
+    def _add_counters(
+        self, conn: Conn, run_id: int, counters: dict[str, int], flush: FlushMark | None
+    ) -> None:
+        writer, number = flush if flush is not None else ("", 0)
         query = sql.SQL(
             "UPDATE {} AS r SET heartbeat_at = now(), counters = r.counters || coalesce(("
             " SELECT jsonb_object_agg(d.key,"
             "  coalesce((r.counters ->> d.key)::bigint, 0) + d.value::bigint)"
-            " FROM jsonb_each_text(%s::jsonb) AS d), '{{}}'::jsonb)"
-            " WHERE r.id = %s"
+            " FROM jsonb_each_text(%(counters)s::jsonb) AS d), '{{}}'::jsonb),"
+            " flush_marks = CASE WHEN %(marked)s"
+            "  THEN r.flush_marks || jsonb_build_object(%(writer)s::text, %(number)s::bigint)"
+            "  ELSE r.flush_marks END"
+            " WHERE r.id = %(run_id)s AND (NOT %(marked)s"
+            "  OR coalesce((r.flush_marks ->> %(writer)s)::bigint, -1) < %(number)s)"
         ).format(self._table("runs"))
-        if conn.execute(query, (Jsonb(counters), run_id)).rowcount != 1:
+        params = {
+            "counters": Jsonb(counters),
+            "marked": flush is not None,
+            "writer": writer,
+            "number": number,
+            "run_id": run_id,
+        }
+        if conn.execute(query, params).rowcount == 1:
+            return
+        exists = sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(self._table("runs"))
+        if conn.execute(exists, (run_id,)).fetchone() is None:
             log.warning("ledger_run_missing", run_id=run_id)
+        else:
+            log.info("ledger_flush_already_counted", run_id=run_id, writer=writer, flush=number)
 
     def _retire_live(self, conn: Conn, alias: str, version: int) -> None:
         query = sql.SQL(

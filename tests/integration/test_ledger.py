@@ -333,6 +333,20 @@ def test_run_lifecycle(ledger: PostgresLedger) -> None:
         ledger.finish_run(other, "running")
 
 
+def test_a_re_sent_commit_counts_its_flush_once(ledger: PostgresLedger) -> None:
+    """A commit whose reply was lost is sent again with the same flush mark: the offsets and
+    dead letters were idempotent already, and now the run's counters are too."""
+    run_id = ledger.start_run("stream", "orders", None)
+    ledger.commit([], [], run_id, {"indexed": 5}, flush=("writer-a", 1))
+    ledger.commit([], [], run_id, {"indexed": 5}, flush=("writer-a", 1))  # the re-send
+    ledger.commit([], [], run_id, {"indexed": 2, "deleted": 1}, flush=("writer-a", 2))
+    ledger.commit([], [], run_id, {"indexed": 3}, flush=("writer-b", 1))  # another stream
+    ledger.commit([], [], run_id, {"indexed": 100}, flush=("writer-a", 1))  # stale, late
+    run = ledger.run(run_id)
+    assert run is not None
+    assert run.counters == {"indexed": 10, "deleted": 1}
+
+
 def test_mark_stale_runs(ledger: PostgresLedger, ledger_dsn: str, unique: str) -> None:
     """Only running runs whose heartbeat is older than the limit are marked failed."""
     stale = ledger.start_run("stream", "orders", {})

@@ -83,6 +83,7 @@ class FakeLedger:
         dead_letters: Sequence[DeadLetter] = (),
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
+        flush: tuple[str, int] | None = None,
     ) -> None:
         assert not offsets, "a backfill never moves the daemon's offsets"
         self.commits.append((list(dead_letters), run_id, dict(counters or {})))

@@ -72,6 +72,7 @@ class FakeLedger:
     commits: list[tuple[list[Any], list[DeadLetter], Mapping[str, int] | None]] = field(
         default_factory=list
     )
+    marks: list[tuple[str, int] | None] = field(default_factory=list)
 
     def commit(
         self,
@@ -79,7 +80,9 @@ class FakeLedger:
         dead_letters: Sequence[DeadLetter],
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
+        flush: tuple[str, int] | None = None,
     ) -> None:
+        self.marks.append(flush)
         self.commits.append((list(offsets), list(dead_letters), counters))
 
 
@@ -202,3 +205,31 @@ def test_a_transient_ledger_failure_is_retried_and_the_commit_lands_once() -> No
     policy = retrying(max_total_s=5, initial_s=0.001, max_s=0.002)
     BatchWriter(STREAM, FakeSink(), ledger, retry=policy).flush(process(b"a:1"), ["a"], ["o"])
     assert ledger.failures == 0 and len(ledger.commits) == 1
+
+
+def test_each_flush_is_numbered_and_a_retried_commit_resends_the_same_number() -> None:
+    """The ledger counts a run's counters once per (writer, flush number); a commit re-sent
+    after a lost reply must carry the number it had, the next flush the next one."""
+    from ingest.errors import TransientError
+    from ingest.retry import retrying
+
+    class LostReply(FakeLedger):
+        lost = 1
+
+        def commit(self, *args: Any, **kwargs: Any) -> None:
+            super().commit(*args, **kwargs)  # it landed ...
+            if self.lost:
+                self.lost -= 1
+                raise TransientError("server closed the connection")  # ... but no reply
+
+    ledger = LostReply()
+    policy = retrying(max_total_s=5, initial_s=0.001, max_s=0.002)
+    writer = BatchWriter(STREAM, FakeSink(), ledger, retry=policy)
+    writer.flush(process(b"a:1"), ["a"], ["o"])
+    writer.flush(process(b"b:2"), ["a"], ["o"])
+    other = BatchWriter(STREAM, FakeSink(), ledger, retry=policy)
+    other.flush(process(b"c:3"), ["a"], ["o"])
+    assert all(mark is not None for mark in ledger.marks)
+    (w, n1), (w_again, n1_again), (w2, n2), (o, m1) = ledger.marks  # type: ignore[misc]
+    assert w == w_again == w2 and (n1, n1_again, n2) == (1, 1, 2)
+    assert o != w and m1 == 1
