@@ -342,10 +342,16 @@ def test_entrypoint_turns_password_file_into_env(tmp_path: Path) -> None:
 
 
 def test_dockerfile() -> None:
-    """The image is python:3.11-slim, installs the project, runs the entrypoint as non-root."""
+    """The image is python:3.11-slim, installs the project's wheel built with its native
+    transcoder (the build fails without it), runs the entrypoint as non-root."""
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\s*$", text, re.MULTILINE)
-    assert re.search(r"pip install /app\b", text)
+    assert re.search(r"^FROM python:3\.11-slim AS build$", text, re.MULTILINE)
+    assert re.search(r"apt-get install .*\bgcc\b", text)
+    assert re.search(r"pip wheel .*--wheel-dir /wheels /src", text)
+    assert re.search(r"COPY --from=build /wheels /wheels", text)
+    assert re.search(r"pip install /wheels/\*\.whl", text)
+    assert 'python -c "import ingest._transcode"' in text
     assert re.search(r"^USER (?!root)\w+", text, re.MULTILINE)
     entrypoint = _dockerfile_instruction("ENTRYPOINT")
     assert _repo_path(entrypoint[0]).is_file()
