@@ -48,6 +48,27 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_NAIVE = dt.datetime(1970, 1, 1)
 
 
+def register_named(schema: Any, named: dict[str, Any]) -> None:
+    """Add every named type defined anywhere in ``schema`` (fastavro's parsed form) to
+    ``named``, by full name: later references to it are just that name."""
+    if isinstance(schema, list):
+        for branch in schema:
+            register_named(branch, named)
+    elif isinstance(schema, dict):
+        kind = schema["type"]
+        if kind in ("record", "error", "enum", "fixed"):
+            named.setdefault(schema["name"], schema)
+        if kind in ("record", "error"):
+            for f in schema["fields"]:
+                register_named(f["type"], named)
+        elif kind == "array":
+            register_named(schema["items"], named)
+        elif kind == "map":
+            register_named(schema["values"], named)
+        elif isinstance(kind, dict | list):
+            register_named(kind, named)
+
+
 class _Gen:
     """Emits the source of one module holding a reader function per named record."""
 
@@ -89,23 +110,7 @@ class _Gen:
         return schema
 
     def register(self, schema: Any) -> None:
-        """Record every named type defined anywhere in ``schema`` (fastavro's parsed form)."""
-        if isinstance(schema, list):
-            for branch in schema:
-                self.register(branch)
-        elif isinstance(schema, dict):
-            kind = schema["type"]
-            if kind in ("record", "error", "enum", "fixed"):
-                self.named.setdefault(schema["name"], schema)
-            if kind in ("record", "error"):
-                for f in schema["fields"]:
-                    self.register(f["type"])
-            elif kind == "array":
-                self.register(schema["items"])
-            elif kind == "map":
-                self.register(schema["values"])
-            elif isinstance(kind, dict | list):
-                self.register(kind)
+        register_named(schema, self.named)
 
     def min_size(self, schema: Any, seen: frozenset[str] = frozenset()) -> int:
         """Fewest bytes one value can take: bounds counts read from the input."""

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from fastavro._logical_readers_py import LOGICAL_READERS
 
+from ingest.avroread import register_named
 from ingest.codec import AvroCodec, frame
 from ingest.pipeline import FastPath
 from ingest.settings import StreamSettings
@@ -109,27 +110,8 @@ def compile_program(schema: dict[str, Any]) -> tuple[Any, ...]:
     raises Unsupported and the stream keeps the Python path.
     """
     named: dict[str, Any] = {}
-    _register(schema, named)
+    register_named(schema, named)
     return _node(schema, named, ())
-
-
-def _register(schema: Any, named: dict[str, Any]) -> None:
-    if isinstance(schema, list):
-        for branch in schema:
-            _register(branch, named)
-    elif isinstance(schema, dict):
-        kind = schema["type"]
-        if kind in ("record", "error", "enum", "fixed"):
-            named.setdefault(schema["name"], schema)
-        if kind in ("record", "error"):
-            for f in schema["fields"]:
-                _register(f["type"], named)
-        elif kind == "array":
-            _register(schema["items"], named)
-        elif kind == "map":
-            _register(schema["values"], named)
-        elif isinstance(kind, dict | list):
-            _register(kind, named)
 
 
 _PRIMITIVE_NODES: dict[str, tuple[str, ...]] = {
