@@ -36,6 +36,8 @@ class Batch:
     records: int = 0
     size_bytes: int = 0
     filtered: int = 0
+    #: Records decoded and transformed in Python, not by the native transcoder.
+    python_path: int = 0
     opened_at: float | None = None
 
     def note(self, record: RawRecord, now: float) -> None:
@@ -95,6 +97,7 @@ class Batch:
         if not self.last_offsets:
             self.records = 0
             self.size_bytes = 0
+            self.python_path = 0
             self.opened_at = None
 
 

@@ -79,6 +79,8 @@ class StreamWorker:
         )
         pipeline = build_pipeline(components, stream, on_retry=self._on_retry)
         self._processor = pipeline.processor
+        if metrics:
+            metrics.fast_path(stream.name, self._processor.fast_path_on)
         self._writer = pipeline.writer
         self._router = IndexRouter(stream, components.ledger)
         self._catalog = components.catalog
@@ -258,6 +260,7 @@ class StreamWorker:
                 dead=dict(outcome.dead_letters),
                 batch_records=outcome.records,
                 took_s=outcome.took_s,
+                python_path=outcome.python_path,
             )
             self._metrics.buffered(self.stream.name, 0)
         log.debug(

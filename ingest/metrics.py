@@ -75,6 +75,7 @@ class _StreamChildren:
     buffered: Gauge
     last_flush: Gauge
     in_retry: Gauge
+    python_path: Counter
     dead: dict[str, Counter] = field(default_factory=dict)
     lag: dict[int, Gauge] = field(default_factory=dict)
 
@@ -143,6 +144,19 @@ class Metrics:
         self._in_retry = Gauge(
             "in_retry", "1 while a transient failure is being retried, else 0.", stream, **kw
         )
+        self._python_path = Counter(
+            "records_python_path",
+            "Records the native transcoder left to the Python path: bad records, older writer"
+            " schemas, or every record while the stream's fast path is off.",
+            stream,
+            **kw,
+        )
+        self._fast_path = Gauge(
+            "fast_path",
+            "1 when the stream's records go through the native transcoder, 0 when it is off.",
+            stream,
+            **kw,
+        )
         self._streams: dict[str, _StreamChildren] = {}
         self._lock = threading.Lock()
 
@@ -163,6 +177,7 @@ class Metrics:
                         buffered=self._buffered.labels(stream),
                         last_flush=self._last_flush.labels(stream),
                         in_retry=self._in_retry.labels(stream),
+                        python_path=self._python_path.labels(stream),
                     )
                     self._streams[stream] = children
         return children
@@ -170,6 +185,10 @@ class Metrics:
     def register_stream(self, stream: str) -> None:
         """Create the stream's series at zero, so dashboards and ``rate()`` see them at start."""
         self._children(stream)
+
+    def fast_path(self, stream: str, on: bool) -> None:
+        """Whether ``stream``'s processor has the native fast path (set once at start)."""
+        self._fast_path.labels(stream).set(1 if on else 0)
 
     def consumed(self, stream: str, n: int) -> None:
         """``n`` records were read from Kafka (called per fetched batch; cheap)."""
@@ -186,11 +205,13 @@ class Metrics:
         batch_records: int,
         took_s: float,
         at: float | None = None,
+        python_path: int = 0,
     ) -> None:
         """A batch was written and recorded; also ends any retry state of the stream.
 
         ``dead`` maps a pipeline stage (``RecordError.stage``) to how many records of the
         batch were dead-lettered there. ``at`` is the unix time of the flush (now if omitted).
+        ``python_path``: records of the batch the native transcoder did not take.
         """
         c = self._children(stream)
         if indexed:
@@ -199,6 +220,8 @@ class Metrics:
             c.deleted.inc(deleted)
         if conflicts:
             c.conflicts.inc(conflicts)
+        if python_path:
+            c.python_path.inc(python_path)
         if dead:
             for stage, n in dead.items():
                 if n:

@@ -81,6 +81,11 @@ class RecordProcessor:
         self._fast = fast
         self._max_record_bytes = stream.max_record_bytes
 
+    @property
+    def fast_path_on(self) -> bool:
+        """True when valid records go through the native transcoder."""
+        return self._fast is not None
+
     def process(self, records: Sequence[RawRecord], batch: Batch, now: float) -> None:
         """Append an action or a dead letter for every record; never raises for bad records."""
         fast = self._fast
@@ -105,6 +110,7 @@ class RecordProcessor:
                 self._decode_and_transform(record, value, batch)
 
     def _decode_and_transform(self, record: RawRecord, value: bytes, batch: Batch) -> None:
+        batch.python_path += 1
         try:
             action = self._transformer.to_action(self._decoder.decode(value), record)
         except RecordError as exc:
@@ -141,6 +147,7 @@ class FlushOutcome:
     conflicts: int = 0
     filtered: int = 0
     retries: int = 0
+    python_path: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     took_s: float = 0.0
 
@@ -193,7 +200,9 @@ class BatchWriter:
         they run out and FencedError when another process owns a partition now.
         """
         started = self._clock()
-        outcome = FlushOutcome(records=batch.records, filtered=batch.filtered)
+        outcome = FlushOutcome(
+            records=batch.records, filtered=batch.filtered, python_path=batch.python_path
+        )
         dead = list(batch.dead_letters)
         actions = newest_per_document(batch.actions)
         if actions:

@@ -238,6 +238,8 @@ def test_sigterm_flushes_the_buffer_and_exits_zero(
 
     wait_for(consumed_all, 60, "the daemon to buffer every record")
     assert ledger_offsets(settings) == {}, "the long linger should have kept them buffered"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        assert 'ingest_fast_path{stream="orders"} 1.0' in resp.read().decode()
     assert daemon.stop(timeout_s=60) == 0, daemon.output()
     assert_converged(settings, summary.expected, 0)
 

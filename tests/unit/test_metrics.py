@@ -34,8 +34,9 @@ def test_flushed_moves_every_counter_and_histogram() -> None:
         took_s=0.2,
         at=1_700_000_000.0,
     )
-    m.flushed("orders", indexed=10, batch_records=10, took_s=3.0, at=1_700_000_005.0)
+    m.flushed("orders", indexed=10, batch_records=10, took_s=3.0, at=1_700_000_005.0, python_path=7)
     assert _v(m, "records_indexed_total", stream="orders") == 100
+    assert _v(m, "records_python_path_total", stream="orders") == 7
     assert _v(m, "records_deleted_total", stream="orders") == 4
     assert _v(m, "conflicts_total", stream="orders") == 3
     assert _v(m, "records_dead_lettered_total", stream="orders", stage="decode") == 2
@@ -109,6 +110,15 @@ def test_register_stream_exposes_zero_series() -> None:
     m.register_stream("orders")
     assert _v(m, "records_consumed_total", stream="orders") == 0
     assert _v(m, "in_retry", stream="orders") == 0
+    assert _v(m, "records_python_path_total", stream="orders") == 0
+
+
+def test_fast_path_gauge_says_on_or_off() -> None:
+    m = Metrics(process_metrics=False)
+    m.fast_path("orders", True)
+    m.fast_path("audit", False)
+    assert _v(m, "fast_path", stream="orders") == 1
+    assert _v(m, "fast_path", stream="audit") == 0
 
 
 def test_instances_do_not_share_a_registry() -> None:

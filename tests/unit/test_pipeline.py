@@ -131,6 +131,9 @@ def test_fast_path_results_are_used_and_refusals_take_the_python_path_in_order()
     ]
     assert [(d.record.offset, d.stage) for d in batch.dead_letters] == [(2, "decode")]
     assert seen == [b"fast", b"a:1", b"?", b"fast"]
+    assert processor.fast_path_on and batch.python_path == 2
+    outcome = BatchWriter(STREAM, FakeSink(), FakeLedger()).flush(batch, ["a"])
+    assert outcome.python_path == 2
 
 
 @pytest.mark.parametrize(
