@@ -118,6 +118,13 @@ static inline int read_long(In *in, int64_t *out) {
     return 0;
 }
 
+/* Avro floats are little-endian whatever the host; compilers make this one load on x86. */
+static inline uint64_t le_uint(const unsigned char *p, int n) {
+    uint64_t u = 0;
+    for (int i = n - 1; i >= 0; i--) u = (u << 8) | p[i];
+    return u;
+}
+
 /* A length prefix that fits in what remains. */
 static inline int read_len(In *in, Py_ssize_t *len) {
     int64_t n;
@@ -463,15 +470,19 @@ static int transcode(const Node *nd, In *in, Out *o) {
             return emit_int(o, v);
         case K_FLOAT: {
             float f;
+            uint32_t bits;
             if (in->end - in->p < 4) return -1;
-            memcpy(&f, in->p, 4); /* Avro is little-endian, as is every supported target */
+            bits = (uint32_t)le_uint(in->p, 4);
+            memcpy(&f, &bits, 4);
             in->p += 4;
             return emit_double(o, (double)f);
         }
         case K_DOUBLE: {
             double d;
+            uint64_t bits;
             if (in->end - in->p < 8) return -1;
-            memcpy(&d, in->p, 8);
+            bits = le_uint(in->p, 8);
+            memcpy(&d, &bits, 8);
             in->p += 8;
             return emit_double(o, d);
         }
@@ -541,7 +552,7 @@ static int transcode(const Node *nd, In *in, Out *o) {
             if (len) n = (in->p[0] & 0x80) ? -1 : 0;
             for (Py_ssize_t i = 0; i < len; i++) n = (int64_t)((uint64_t)n << 8) | in->p[i];
             in->p += len;
-            if (fabs((double)n) > TWO_53) return -1;
+            if (n > (INT64_C(1) << 53) || n < -(INT64_C(1) << 53)) return -1;
             return emit_double(o, (double)n / P10[nd->size]);
         }
     }

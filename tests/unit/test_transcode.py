@@ -450,9 +450,14 @@ def test_decimals_beyond_two_to_the_53_take_the_python_path() -> None:
         fast, slow = raw(paths, zigzag(len(data)) + data)
         assert fast is None
         assert slow[2] == {"x": unscaled / 10**4}
-    data = (2**53 - 1).to_bytes(7, "big", signed=True)
-    fast, slow = raw(paths, zigzag(7) + data)
-    assert fast == slow
+    for unscaled in (2**53 + 1, -(2**53) - 1):  # seven bytes, but not exact as a double
+        data = unscaled.to_bytes(7, "big", signed=True)
+        fast, slow = raw(paths, zigzag(7) + data)
+        assert fast is None and slow[2] == {"x": unscaled / 10**4}
+    for unscaled in (2**53, -(2**53), 2**53 - 1, 1, 0, -1):
+        data = unscaled.to_bytes(7, "big", signed=True)
+        fast, slow = raw(paths, zigzag(7) + data)
+        assert fast is not None and fast == slow
 
 
 def test_duplicate_map_keys_take_the_python_path() -> None:
