@@ -1,7 +1,8 @@
 """``make bench``: every benchmark in one run on a freshly started embedded stack.
 
-Environment: BENCH_N (records for ceiling/end-to-end, default 40000), BENCH_BACKLOG
-(records for the peak-RSS drain, default 500000), BENCH_SKIP (comma list of sections).
+Environment: BENCH_N (records for ceiling/end-to-end, default 40000), BENCH_ROUNDS (ceiling +
+daemon rounds, default 5), BENCH_BACKLOG (records for the peak-RSS drain, default 500000),
+BENCH_SKIP (comma list of sections).
 Results are printed and written to bench/results/*.json.
 """
 
@@ -20,6 +21,7 @@ from bench.common import embedded_stack, save
 def main() -> None:
     n = int(os.environ.get("BENCH_N", "40000"))
     backlog = int(os.environ.get("BENCH_BACKLOG", "500000"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
     skip = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
     results: dict[str, Any] = {}
     if "pipeline" not in skip:
@@ -29,7 +31,7 @@ def main() -> None:
         if "endtoend" not in skip:
             from bench import endtoend
 
-            results["endtoend"] = endtoend.run(endpoints, n=n, backlog=backlog)
+            results["endtoend"] = endtoend.run(endpoints, n=n, backlog=backlog, rounds=rounds)
             print("endtoend:", json.dumps(results["endtoend"]), flush=True)
         if "backfill" not in skip:
             try:
