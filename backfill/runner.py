@@ -94,6 +94,7 @@ class BackfillSummary:
     chunks_failed: int = 0
     records_read: int = 0
     records_indexed: int = 0
+    records_deleted: int = 0
     records_dead_lettered: int = 0
     records_outside_window: int = 0
     conflicts: int = 0
@@ -111,6 +112,7 @@ class BackfillSummary:
             f"{self.chunks_done} done, {self.chunks_skipped} skipped (already done), "
             f"{self.chunks_failed} failed in {self.duration_s:.1f}s",
             f"records: {self.records_read} read, {self.records_indexed} indexed, "
+            f"{self.records_deleted} deleted (tombstones), "
             f"{self.records_dead_lettered} dead-lettered, "
             f"{self.records_outside_window} outside the time window, "
             f"{self.conflicts} no-ops (the index already had that version or a newer one)",
@@ -437,6 +439,7 @@ def _summarize(
             )
         summary.failures.append(ChunkFailure(task.task_id, task.label(), error))
     summary.records_indexed = int(counters.get("indexed", 0))
+    summary.records_deleted = int(counters.get("deleted", 0))
     summary.records_dead_lettered = int(counters.get("dead_lettered", 0))
     summary.records_outside_window = int(counters.get("skipped", 0))
     summary.records_read = int(counters.get("consumed", 0)) + summary.records_outside_window

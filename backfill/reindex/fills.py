@@ -121,6 +121,7 @@ class StreamFiller:
         result = FillResult(
             read=summary.records_read,
             indexed=summary.records_indexed,
+            deleted=summary.records_deleted,
             conflicts=summary.conflicts,
             dead_lettered=summary.records_dead_lettered,
         )

@@ -22,6 +22,7 @@ def test_the_summary_names_every_failed_chunk_and_why() -> None:
         chunks_failed=1,
         records_read=120,
         records_indexed=100,
+        records_deleted=4,
         records_dead_lettered=2,
         records_outside_window=18,
         conflicts=7,
@@ -31,7 +32,8 @@ def test_the_summary_names_every_failed_chunk_and_why() -> None:
     assert not summary.ok
     assert summary.render() == [
         "backfill kafka orders: 5 chunks: 3 done, 1 skipped (already done), 1 failed in 3.2s",
-        "records: 120 read, 100 indexed, 2 dead-lettered, 18 outside the time window, "
+        "records: 120 read, 100 indexed, 4 deleted (tombstones), 2 dead-lettered, "
+        "18 outside the time window, "
         "7 no-ops (the index already had that version or a newer one)",
         "failed chunks:",
         "  orders p1 a..b [KafkaTimeChunk_x]: RetriesExhausted: boom",

@@ -251,3 +251,25 @@ def test_state_round_trips_through_details() -> None:
     row = version_row(1, "building", alias="a", details={"other": 1, **state.to_details()})
     assert ReindexState.from_row(row) == state
     assert ReindexState.from_row(version_row(1, "building")) is None
+
+
+def test_a_kafka_fill_result_carries_the_backfills_deletes() -> None:
+    """The count check allows for deletions only if the fill reports the tombstones it applied."""
+    from backfill.reindex.fills import StreamFiller
+    from backfill.runner import BackfillSummary
+
+    summary = BackfillSummary(
+        stream="orders",
+        kind="kafka",
+        run_id=1,
+        chunks_total=2,
+        chunks_done=2,
+        records_read=10,
+        records_indexed=6,
+        records_deleted=3,
+        records_dead_lettered=1,
+    )
+    seen: list[Any] = []
+    result = StreamFiller._summary_result(summary, seen.append)
+    assert (result.read, result.indexed, result.deleted, result.dead_lettered) == (10, 6, 3, 1)
+    assert seen == [result]
