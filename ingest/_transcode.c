@@ -688,41 +688,77 @@ fail:
 
 /* ------------------------------------------------------------- the Python type ---- */
 
-typedef struct {
+typedef struct Transcoder {
     PyObject_HEAD
     Node *root;
     unsigned char header[5];
     Py_ssize_t id_index;      /* top-level field that is the _id; -1: the Kafka key */
     Py_ssize_t version_index; /* top-level field that is the version; -1: the offset */
+    char *suffix;             /* written after the last field: "}" or defaulted fields + "}" */
+    Py_ssize_t suffix_len;
+    struct Transcoder *next;  /* asked for values framed with another header; may be NULL */
 } Transcoder;
+
+static PyTypeObject TranscoderType;
 
 static void Transcoder_dealloc(Transcoder *self) {
     node_free(self->root);
+    PyMem_Free(self->suffix);
+    Py_XDECREF(self->next);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int Transcoder_init(Transcoder *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"program", "header", "id_index", "version_index", NULL};
-    PyObject *program;
-    const char *header;
-    Py_ssize_t header_len;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy#nn", kwlist, &program, &header,
-                                     &header_len, &self->id_index, &self->version_index))
+    static char *kwlist[] = {"program", "header",  "id_index", "version_index",
+                             "suffix",  "next",    NULL};
+    PyObject *program, *next = Py_None;
+    const char *header, *suffix = "}";
+    Py_ssize_t header_len, suffix_len = 1, id_index, version_index;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy#nn|y#O", kwlist, &program, &header,
+                                     &header_len, &id_index, &version_index, &suffix,
+                                     &suffix_len, &next))
         return -1;
     if (header_len != 5) {
         PyErr_SetString(PyExc_ValueError, "header is the 5-byte Confluent prefix");
         return -1;
     }
-    memcpy(self->header, header, 5);
+    if (suffix_len < 1 || suffix[suffix_len - 1] != '}') {
+        PyErr_SetString(PyExc_ValueError, "the suffix ends the document with '}'");
+        return -1;
+    }
+    if (next != Py_None && !PyObject_TypeCheck(next, &TranscoderType)) {
+        PyErr_SetString(PyExc_TypeError, "next is a Transcoder or None");
+        return -1;
+    }
+    for (Transcoder *t = next == Py_None ? NULL : (Transcoder *)next; t; t = t->next) {
+        if (t == self) { /* a loop would never end on an unknown header */
+            PyErr_SetString(PyExc_ValueError, "next leads back to this transcoder");
+            return -1;
+        }
+    }
     Node *root = node_build(program, 0);
     if (!root) return -1;
-    if (root->kind != K_RECORD || self->id_index >= root->n || self->version_index >= root->n) {
+    if (root->kind != K_RECORD || id_index >= root->n || version_index >= root->n) {
         node_free(root);
         PyErr_SetString(PyExc_ValueError, "the program is a record holding both fields");
         return -1;
     }
+    char *copy = PyMem_Malloc(suffix_len);
+    if (!copy) {
+        node_free(root);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(copy, suffix, suffix_len);
+    memcpy(self->header, header, 5);
+    self->id_index = id_index;
+    self->version_index = version_index;
     node_free(self->root);
     self->root = root;
+    PyMem_Free(self->suffix);
+    self->suffix = copy;
+    self->suffix_len = suffix_len;
+    Py_XSETREF(self->next, next == Py_None ? NULL : (Transcoder *)Py_NewRef(next));
     return 0;
 }
 
@@ -788,7 +824,11 @@ static PyObject *Transcoder_transcode(Transcoder *self, PyObject *const *args, P
     if (!PyBytes_Check(args[0])) Py_RETURN_NONE;
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    if (size < 5 || memcmp(buf, self->header, 5) != 0) Py_RETURN_NONE;
+    if (size < 5) Py_RETURN_NONE;
+    while (memcmp(buf, self->header, 5) != 0) { /* another writer schema's variant? */
+        if (!self->next) Py_RETURN_NONE;
+        self = self->next;
+    }
 
     char stack[4096];
     Out o = {stack, 0, sizeof stack, 0, 0};
@@ -797,7 +837,10 @@ static PyObject *Transcoder_transcode(Transcoder *self, PyObject *const *args, P
     const unsigned char *id_start = NULL, *version_start = NULL;
     int ok = 1;
     if (root->n == 0) {
-        ok = emit(&o, "{}", 2) == 0;
+        /* "{" then the suffix without the comma that would follow a field */
+        Py_ssize_t skip = self->suffix_len > 1 && self->suffix[0] == ',';
+        ok = emit_char(&o, '{') == 0 &&
+             emit(&o, self->suffix + skip, self->suffix_len - skip) == 0;
     } else {
         for (Py_ssize_t i = 0; ok && i < root->n; i++) {
             if (i == self->id_index) id_start = in.p;
@@ -805,7 +848,7 @@ static PyObject *Transcoder_transcode(Transcoder *self, PyObject *const *args, P
             ok = emit(&o, root->texts[i], root->text_lens[i]) == 0 &&
                  transcode(root->children[i], &in, &o) == 0;
         }
-        ok = ok && emit_char(&o, '}') == 0;
+        ok = ok && emit(&o, self->suffix, self->suffix_len) == 0;
     }
     ok = ok && in.p == in.end; /* trailing bytes are the Python path's to report */
 
@@ -848,7 +891,7 @@ static PyMethodDef Transcoder_methods[] = {
 static PyTypeObject TranscoderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ingest._transcode.Transcoder",
-    .tp_doc = PyDoc_STR("Avro (one writer schema) -> JSON document, compiled once."),
+    .tp_doc = PyDoc_STR("Avro (one writer schema, else the next transcoder's) -> JSON document."),
     .tp_basicsize = sizeof(Transcoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,

@@ -4,7 +4,13 @@ from typing import Any
 
 class Transcoder:
     def __init__(
-        self, program: tuple[Any, ...], header: bytes, id_index: int, version_index: int
+        self,
+        program: tuple[Any, ...],
+        header: bytes,
+        id_index: int,
+        version_index: int,
+        suffix: bytes = b"}",
+        next: Transcoder | None = None,
     ) -> None: ...
     def transcode(
         self, value: bytes, key: bytes | None, offset: int

@@ -26,6 +26,7 @@ import json
 import struct
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -92,15 +93,22 @@ def _plain_default(schema: Any, default: Any) -> bool:
     return isinstance(default, plain)
 
 
-def _evolution_plan(
-    writer: dict[str, Any], reader: dict[str, Any], *, decimals_as_float: bool = False
-) -> _Plan | None:
-    """The compiled writer reader plus defaults, when fields were only added or removed.
+@dataclass(frozen=True, slots=True)
+class Evolution:
+    """How a writer's record becomes the reader's: fields only dropped or added."""
 
-    That is how schemas usually evolve (v2 adds ``priority`` with a default); it reads
-    about three times faster than fastavro's general resolution. Anything else (changed
-    types, aliases, promotions, enum changes, non-trivial defaults) returns None and goes
-    through fastavro, which implements all of Avro's resolution rules.
+    #: Writer fields the reader does not have, removed after reading.
+    dropped: tuple[str, ...]
+    #: Reader fields the writer does not have, appended in reader order with these values.
+    defaults: tuple[tuple[str, Any], ...]
+
+
+def plain_evolution(writer: dict[str, Any], reader: dict[str, Any]) -> Evolution | None:
+    """The drops and defaults that read ``writer``'s records as ``reader``'s, when fields
+    were only added or removed; None for anything needing Avro's full resolution rules.
+
+    That is how schemas usually evolve (v2 adds ``priority`` with a default). Changed types,
+    aliases, promotions, enum changes and non-trivial defaults give None.
     """
     if writer.get("type") != "record" or reader.get("type") != "record":
         return None
@@ -118,7 +126,22 @@ def _evolution_plan(
             defaults.append((field["name"], field["default"]))
         elif writer_types[field["name"]] != json.dumps(field["type"], sort_keys=True):
             return None
-    dropped = [name for name in writer_types if name not in reader_names]
+    dropped = tuple(name for name in writer_types if name not in reader_names)
+    return Evolution(dropped, tuple(defaults))
+
+
+def _evolution_plan(
+    writer: dict[str, Any], reader: dict[str, Any], *, decimals_as_float: bool = False
+) -> _Plan | None:
+    """The compiled writer reader plus :func:`plain_evolution`'s drops and defaults.
+
+    It reads about three times faster than fastavro's general resolution, which takes
+    whatever this returns None for.
+    """
+    evolution = plain_evolution(writer, reader)
+    if evolution is None:
+        return None
+    dropped, defaults = evolution.dropped, evolution.defaults
     read = compile_reader(writer, decimals_as_float=decimals_as_float)
 
     def plan(value: bytes, pos: int) -> tuple[dict[str, Any], int]:

@@ -106,6 +106,8 @@ def processor_for(stream: StreamSettings, codec: AvroCodec) -> RecordProcessor:
     choice = fast_path_for(codec, stream)
     if choice.transcode is None:
         log.info("pipeline fast path off", stream=stream.name, reason=choice.reason)
+    for writer in choice.slow_writers:
+        log.info("pipeline fast path off for a writer schema", stream=stream.name, writer=writer)
     return RecordProcessor(stream, codec, Transformer(stream), fast=choice.transcode)
 
 

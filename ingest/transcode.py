@@ -8,9 +8,11 @@ directly, and reads the id and version fields on the way: about 2 µs.
 
 It is only an accelerator, never a second source of truth:
 
-- It runs for values framed with the reader schema's id, on streams without a transform
-  hook (a hook needs the dict), when every type in the schema is one it renders exactly as
-  the Python path does. :func:`fast_path_for` says which and, if not, why not.
+- It runs for values framed with the reader schema's id, or with an older version's whose
+  records the codec reads by only appending plain defaults (the usual evolution: v2 adds
+  ``priority`` with a default), on streams without a transform hook (a hook needs the
+  dict), when every type in the schema is one it renders exactly as the Python path does.
+  :func:`fast_path_for` says which and, if not, why not.
 - For any value it does not accept as plainly valid it returns None, and the caller takes
   the Python path for that record, which produces the dead letter and its reason. The unit
   tests check on generated schemas and records that both paths give equal documents, ids
@@ -28,7 +30,8 @@ import orjson
 from fastavro._logical_readers_py import LOGICAL_READERS
 
 from ingest.avroread import register_named
-from ingest.codec import AvroCodec, frame
+from ingest.catalog import SchemaVersion
+from ingest.codec import AvroCodec, frame, plain_evolution
 from ingest.pipeline import FastPath
 from ingest.settings import StreamSettings
 
@@ -48,10 +51,16 @@ class Unsupported(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class FastPathChoice:
-    """The transcoder for a stream, or None and the reason it takes the Python path."""
+    """The transcoder for a stream, or None and the reason it takes the Python path.
+
+    ``slow_writers`` names the older writer schemas whose records still take the Python
+    path, and why (the reader schema's own records are on the fast path when
+    ``transcode`` is set).
+    """
 
     transcode: FastPath | None
     reason: str
+    slow_writers: tuple[str, ...] = ()
 
 
 def native_available() -> bool:
@@ -60,24 +69,67 @@ def native_available() -> bool:
 
 
 def fast_path_for(codec: AvroCodec, stream: StreamSettings) -> FastPathChoice:
-    """The fast path for ``stream``'s records written with ``codec``'s reader schema."""
+    """The fast path for ``stream``'s records written with ``codec``'s reader schema, and
+    with each older version of its subject in the catalog that only added fields with plain
+    defaults (their documents end with those defaults, as :func:`plain_evolution` gives)."""
     if Transcoder is None:
         return FastPathChoice(None, "the native transcoder was not built (no C compiler?)")
     if stream.transform:
         return FastPathChoice(None, "the stream has a transform hook, which needs the record")
     if not codec.decimals_as_float:
         return FastPathChoice(None, "the codec reads decimals as Decimal, not float")
-    schema = codec.reader.schema
+    reader = codec.reader
+    older: Transcoder | None = None
+    slow: list[str] = []
+    for writer in codec.catalog.versions(codec.subject):
+        if writer.schema_id == reader.schema_id:
+            continue
+        try:
+            older = _transcoder(codec, writer, stream, older)
+        except Unsupported as exc:
+            slow.append(f"schema id {writer.schema_id} (v{writer.version}): {exc}")
     try:
-        program = compile_program(schema)
-        id_index = _field_index(program, schema, stream.id_field, _ID_KINDS, "id_field")
-        version_index = _field_index(
-            program, schema, stream.version_field, _VERSION_KINDS, "version_field"
-        )
+        native = _transcoder(codec, reader, stream, older)
     except Unsupported as exc:
         return FastPathChoice(None, str(exc))
-    native = Transcoder(program, frame(codec.reader.schema_id, b""), id_index, version_index)
-    return FastPathChoice(native.transcode, "native")
+    return FastPathChoice(native.transcode, "native", tuple(slow))
+
+
+def _transcoder(
+    codec: AvroCodec, writer: SchemaVersion, stream: StreamSettings, older: Transcoder | None
+) -> Transcoder:
+    """The transcoder for records framed with ``writer``'s id, handing others to ``older``.
+
+    Raises Unsupported when that writer's records must take the Python path.
+    """
+    reader = codec.reader
+    schema, suffix = reader.schema, b"}"
+    if writer.fingerprint != reader.fingerprint:  # the codec reads equal layouts as the reader
+        evolution = plain_evolution(writer.schema, reader.schema)
+        if evolution is None:
+            raise Unsupported("reading it as the reader schema needs Avro's full resolution")
+        if evolution.dropped:
+            raise Unsupported(f"the reader schema drops its fields {list(evolution.dropped)}")
+        schema, suffix = writer.schema, _defaults_suffix(evolution.defaults)
+    program = compile_program(schema)
+    id_index = _field_index(program, schema, stream.id_field, _ID_KINDS, "id_field")
+    version_index = _field_index(
+        program, schema, stream.version_field, _VERSION_KINDS, "version_field"
+    )
+    return Transcoder(program, frame(writer.schema_id, b""), id_index, version_index, suffix, older)
+
+
+def _defaults_suffix(defaults: tuple[tuple[str, Any], ...]) -> bytes:
+    """``,"name":default,...}``: the fields the codec appends to an older writer's record.
+
+    Plain defaults (null, booleans, numbers, strings, ``[]``, ``{}``) are put in the
+    document as they are, so orjson renders them here exactly as the Python path does.
+    """
+    try:
+        parts = [b"," + orjson.dumps(name) + b":" + orjson.dumps(value) for name, value in defaults]
+    except orjson.JSONEncodeError as exc:  # e.g. an integer default beyond 64 bits
+        raise Unsupported(f"a default does not render as JSON: {exc}") from None
+    return b"".join(parts) + b"}"
 
 
 def _field_index(

@@ -200,3 +200,57 @@ def test_documents_the_index_rejects_are_dead_lettered_with_the_reason(
     assert all("currency" in row.reason for row in rows), rows[0].reason
     assert all(row.value for row in rows)
     assert index_versions(settings) == {}
+
+
+def test_records_of_an_older_schema_version_get_the_newer_ones_defaults(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """v1 and v2 orders mixed on one topic (producers upgrade one by one): every record is
+    indexed, v1 documents with the defaults v2 added, and nothing is dead-lettered."""
+    import itertools
+
+    from confluent_kafka import Producer
+
+    from ingest.catalog import SchemaCatalog
+    from ingest.codec import AvroCodec
+    from ingest.samples import sample_orders
+    from ingest.search import connect_search
+
+    settings = make_settings(partitions=2)
+    codec = AvroCodec(SchemaCatalog.load(settings.schemas_dir), "orders")
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "acks": "all"})
+    orders = {o["order_id"]: o for o in itertools.islice(sample_orders(21), 80)}
+    old = set(list(orders)[::2])
+    for order_id, order in orders.items():
+        if order_id in old:
+            v1 = {k: v for k, v in order.items() if k not in ("priority", "coupon_code")}
+            value = codec.encode(v1, schema_id=1)
+        else:
+            value = codec.encode(order)
+        producer.produce(settings.streams[0].topic, value=value, key=order_id.encode())
+    assert producer.flush(30) == 0
+
+    daemon = DaemonProcess(write_config(settings, tmp_path / "c.toml"), tmp_path / "d.log")
+    try:
+        wait_for(caught_up(settings, end_offsets(settings)), 120, "catch-up")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    assert "fast path off" not in daemon.output()
+    client = connect_search(settings.search)
+    try:
+        client.refresh(settings.streams[0].alias)
+        docs = {hit["_id"]: hit["_source"] for hit in client.scan(settings.streams[0].alias)}
+    finally:
+        client.close()
+    assert set(docs) == set(orders)
+    for order_id, doc in docs.items():
+        if order_id in old:
+            assert (doc["priority"], doc["coupon_code"]) == (False, None), doc
+        else:
+            wanted = orders[order_id]
+            assert (doc["priority"], doc["coupon_code"]) == (
+                wanted["priority"],
+                wanted["coupon_code"],
+            )
+        assert doc["customer_id"] == orders[order_id]["customer_id"]
+    assert dead_letter_offsets(settings) == []
