@@ -276,13 +276,25 @@ def test_both_paths_agree_on_every_valid_record(
     assert got[2] == expected[2]  # NaN never occurs: both write null
 
 
+#: Damage to a valid value: byte flips, a cut, bytes appended (see :func:`mutate`).
+MUTATIONS: dict[str, st.SearchStrategy[Any]] = {
+    "flips": st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=3),
+    "cut": st.integers(0, 10_000),
+    "extra": st.binary(max_size=3),
+}
+
+
+def mutate(value: bytes, flips: list[tuple[int, int]], cut: int, extra: bytes) -> bytes:
+    """``value`` with its Avro body (not its 5-byte header) flipped, cut and extended."""
+    body = bytearray(value[5:])
+    for at, mask in flips:
+        if body:
+            body[at % len(body)] ^= mask
+    return value[:5] + bytes(body[: cut % (len(body) + 1)]) + extra
+
+
 @PROPERTY
-@given(
-    case=encoded(),
-    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=3),
-    cut=st.integers(0, 10_000),
-    extra=st.binary(max_size=3),
-)
+@given(case=encoded(), **MUTATIONS)
 def test_the_transcoder_accepts_nothing_the_python_path_refuses(
     case: tuple[Paths, bytes, bytes | None, int],
     flips: list[tuple[int, int]],
@@ -290,11 +302,7 @@ def test_the_transcoder_accepts_nothing_the_python_path_refuses(
     extra: bytes,
 ) -> None:
     paths, value, key, offset = case
-    body = bytearray(value[len(HEADER) :])
-    for at, mask in flips:
-        if body:
-            body[at % len(body)] ^= mask
-    mutated = HEADER + bytes(body[: cut % (len(body) + 1)]) + extra
+    mutated = mutate(value, flips, cut, extra)
     got = paths.fast(mutated, key, offset)
     if got is None:
         return

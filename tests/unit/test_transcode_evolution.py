@@ -28,7 +28,7 @@ from ingest.settings import StreamSettings
 from ingest.transcode import fast_path_for
 from ingest.transform import Transformer
 from ingest.types import RawRecord
-from tests.unit.test_transcode import PROPERTY, cases, stream, values
+from tests.unit.test_transcode import MUTATIONS, PROPERTY, cases, mutate, stream, values
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 ORDERS = SchemaCatalog.load(SCHEMAS)
@@ -131,12 +131,7 @@ def test_both_paths_agree_on_an_older_writers_records(
 
 
 @PROPERTY
-@given(
-    case=evolutions(),
-    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), max_size=3),
-    cut=st.integers(0, 10_000),
-    extra=st.binary(max_size=2),
-)
+@given(case=evolutions(), **MUTATIONS)
 def test_it_accepts_nothing_the_python_path_refuses_from_an_older_writer(
     case: tuple[SchemaCatalog, StreamSettings, bytes, bytes | None, int],
     flips: list[tuple[int, int]],
@@ -147,11 +142,7 @@ def test_it_accepts_nothing_the_python_path_refuses_from_an_older_writer(
     codec = AvroCodec(catalog, "orders", decimals_as_float=True)
     transcode = fast_path_for(codec, settings).transcode
     assert transcode is not None
-    body = bytearray(value[5:])
-    for at, mask in flips:
-        if body:
-            body[at % len(body)] ^= mask
-    mutated = value[:5] + bytes(body[: cut % (len(body) + 1)]) + extra
+    mutated = mutate(value, flips, cut, extra)
     got = transcode(mutated, key, offset)
     if got is None:
         return
