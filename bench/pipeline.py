@@ -32,13 +32,22 @@ STREAM = StreamSettings(
 )
 
 
-def encoded_records(n: int, seed: int = 1) -> tuple[list[RawRecord], int]:
+#: Fields orders v2 added to v1 (with defaults): left out when writing as v1.
+_ADDED_IN_V2 = ("priority", "coupon_code")
+
+
+def encoded_records(
+    n: int, seed: int = 1, schema_id: int | None = None
+) -> tuple[list[RawRecord], int]:
+    """``n`` sample orders framed with ``schema_id`` (default: the latest version)."""
     catalog = SchemaCatalog.load(ROOT / "schemas")
     codec = AvroCodec(catalog, "orders")
     out: list[RawRecord] = []
     total = 0
-    for i, order in enumerate(itertools.islice(sample_orders(seed), n)):
-        value = codec.encode(order)
+    older = schema_id is not None and schema_id != codec.reader.schema_id
+    for i, sample in enumerate(itertools.islice(sample_orders(seed), n)):
+        order = {k: v for k, v in sample.items() if k not in _ADDED_IN_V2} if older else sample
+        value = codec.encode(order, schema_id=schema_id)
         total += len(value)
         out.append(RawRecord("orders", i % 4, i, order["order_id"].encode(), value))
     return out, total
@@ -64,13 +73,18 @@ def measure(
 
 
 def run(n: int = 200_000, batch_size: int = 2000, repeats: int = 3) -> dict[str, Any]:
-    """The daemon's processor (native fast path) and, for comparison, the Python path."""
+    """The daemon's processor (native fast path) and, for comparison, the Python path; both
+    also for records written with the older orders v1 (read with v2's defaults)."""
     records, total_bytes = encoded_records(n)
+    v1_records, _ = encoded_records(n, schema_id=1)
     catalog = SchemaCatalog.load(ROOT / "schemas")
     codec = AvroCodec(catalog, "orders", decimals_as_float=True)  # as build_pipeline does
-    best, body_bytes = measure(processor_for(STREAM, codec), records, batch_size, repeats)
+    processor = processor_for(STREAM, codec)
+    best, body_bytes = measure(processor, records, batch_size, repeats)
+    v1_best, _ = measure(processor, v1_records, batch_size, repeats)
     python_path = RecordProcessor(STREAM, codec, Transformer(STREAM))
     python_best, _ = measure(python_path, records, batch_size, repeats)
+    v1_python_best, _ = measure(python_path, v1_records, batch_size, repeats)
     return {
         "records": n,
         "native_fast_path": native_available(),
@@ -79,6 +93,8 @@ def run(n: int = 200_000, batch_size: int = 2000, repeats: int = 3) -> dict[str,
         "cpu_s": round(best, 3),
         "records_per_s_per_core": round(n / best),
         "python_path_records_per_s_per_core": round(n / python_best),
+        "v1_records_per_s_per_core": round(n / v1_best),
+        "v1_python_path_records_per_s_per_core": round(n / v1_python_best),
     }
 
 
