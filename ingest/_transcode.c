@@ -606,7 +606,8 @@ oom:
 }
 
 /* spec: (kind,), ("fixed", size), ("decimal", scale), ("enum", (text, ...)),
- * ("record", ((text, spec), ...)), ("array" | "map", spec), ("union", (spec, ...)). */
+ * ("record", ((text, spec), ...)), ("array" | "map", spec), ("union", (spec, ...)).
+ * A top-level field with an empty text is read and checked but not written. */
 static Node *node_build(PyObject *spec, int depth) {
     if (depth > 200) {
         PyErr_SetString(PyExc_ValueError, "schema nests too deeply for the transcoder");
@@ -843,10 +844,12 @@ static PyObject *Transcoder_transcode(Transcoder *self, PyObject *const *args, P
              emit(&o, self->suffix + skip, self->suffix_len - skip) == 0;
     } else {
         for (Py_ssize_t i = 0; ok && i < root->n; i++) {
+            Py_ssize_t mark = o.len;
             if (i == self->id_index) id_start = in.p;
             if (i == self->version_index) version_start = in.p;
             ok = emit(&o, root->texts[i], root->text_lens[i]) == 0 &&
                  transcode(root->children[i], &in, &o) == 0;
+            if (root->text_lens[i] == 0) o.len = mark; /* dropped by the reader: read, unwritten */
         }
         ok = ok && emit(&o, self->suffix, self->suffix_len) == 0;
     }

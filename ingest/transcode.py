@@ -9,8 +9,8 @@ directly, and reads the id and version fields on the way: about 2 µs.
 It is only an accelerator, never a second source of truth:
 
 - It runs for values framed with the reader schema's id, or with an older version's whose
-  records the codec reads by only appending plain defaults (the usual evolution: v2 adds
-  ``priority`` with a default), on streams without a transform hook (a hook needs the
+  records the codec reads by only dropping fields and appending plain defaults (the usual
+  evolution: v2 adds ``priority`` with a default), on streams without a transform hook (a hook needs the
   dict), when every type in the schema is one it renders exactly as the Python path does.
   :func:`fast_path_for` says which and, if not, why not.
 - For any value it does not accept as plainly valid it returns None, and the caller takes
@@ -70,8 +70,9 @@ def native_available() -> bool:
 
 def fast_path_for(codec: AvroCodec, stream: StreamSettings) -> FastPathChoice:
     """The fast path for ``stream``'s records written with ``codec``'s reader schema, and
-    with each older version of its subject in the catalog that only added fields with plain
-    defaults (their documents end with those defaults, as :func:`plain_evolution` gives)."""
+    with each older version of its subject in the catalog whose fields the reader only drops
+    or adds with plain defaults (documents without the dropped fields, ending with the
+    defaults, as :func:`plain_evolution` gives)."""
     if Transcoder is None:
         return FastPathChoice(None, "the native transcoder was not built (no C compiler?)")
     if stream.transform:
@@ -103,20 +104,39 @@ def _transcoder(
     Raises Unsupported when that writer's records must take the Python path.
     """
     reader = codec.reader
-    schema, suffix = reader.schema, b"}"
-    if writer.fingerprint != reader.fingerprint:  # the codec reads equal layouts as the reader
+    if writer.fingerprint == reader.fingerprint:  # the codec reads equal layouts as the reader
+        schema, suffix = reader.schema, b"}"
+        program = compile_program(schema)
+    else:
         evolution = plain_evolution(writer.schema, reader.schema)
         if evolution is None:
             raise Unsupported("reading it as the reader schema needs Avro's full resolution")
-        if evolution.dropped:
-            raise Unsupported(f"the reader schema drops its fields {list(evolution.dropped)}")
         schema, suffix = writer.schema, _defaults_suffix(evolution.defaults)
-    program = compile_program(schema)
+        program = _without(compile_program(schema), schema, set(evolution.dropped))
     id_index = _field_index(program, schema, stream.id_field, _ID_KINDS, "id_field")
     version_index = _field_index(
         program, schema, stream.version_field, _VERSION_KINDS, "version_field"
     )
     return Transcoder(program, frame(writer.schema_id, b""), id_index, version_index, suffix, older)
+
+
+def _without(
+    program: tuple[Any, ...], schema: dict[str, Any], dropped: set[str]
+) -> tuple[Any, ...]:
+    """``program`` reading but not writing the top-level fields in ``dropped`` (empty texts),
+    the first field still written opening the document."""
+    names = [f["name"] for f in schema["fields"]]
+    kept = [name for name in names if name not in dropped]
+    if dropped and not kept:
+        raise Unsupported("the reader schema drops all of its fields")
+    fields = []
+    for name, (_, node) in zip(names, program[1], strict=True):
+        if name in dropped:
+            text = b""
+        else:
+            text = (b"{" if name == kept[0] else b",") + orjson.dumps(name) + b":"
+        fields.append((text, node))
+    return ("record", tuple(fields))
 
 
 def _defaults_suffix(defaults: tuple[tuple[str, Any], ...]) -> bytes:
