@@ -10,8 +10,9 @@ It is only an accelerator, never a second source of truth:
 
 - It runs for values framed with the reader schema's id, or with an older version's whose
   records the codec reads by only dropping fields and appending plain defaults (the usual
-  evolution: v2 adds ``priority`` with a default), on streams without a transform hook (a hook needs the
-  dict), when every type in the schema is one it renders exactly as the Python path does.
+  evolution: v2 adds ``priority`` with a default), on streams without a transform hook (a
+  hook needs the dict), when every type in the schema is one it renders exactly as the
+  Python path does.
   :func:`fast_path_for` says which and, if not, why not.
 - For any value it does not accept as plainly valid it returns None, and the caller takes
   the Python path for that record, which produces the dead letter and its reason. The unit
