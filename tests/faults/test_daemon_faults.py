@@ -13,7 +13,6 @@ import random
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from tests.support.daemon import (
     end_offsets,
     index_versions,
     ledger_offsets,
+    metrics_port,
+    scrape,
     wait_for,
     write_config,
 )
@@ -229,35 +230,14 @@ def test_sigterm_flushes_the_buffer_and_exits_zero(
     port = metrics_port(daemon)
 
     def consumed_all() -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
-        for line in text.splitlines():
-            if line.startswith("ingest_records_consumed_total{"):
-                return float(line.rsplit(" ", 1)[1]) >= summary.sent
-        return False
+        consumed = scrape(port).get('ingest_records_consumed_total{stream="orders"}', 0)
+        return consumed >= summary.sent
 
     wait_for(consumed_all, 60, "the daemon to buffer every record")
     assert ledger_offsets(settings) == {}, "the long linger should have kept them buffered"
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-        assert 'ingest_fast_path{stream="orders"} 1.0' in resp.read().decode()
+    assert scrape(port)['ingest_fast_path{stream="orders"}'] == 1.0
     assert daemon.stop(timeout_s=60) == 0, daemon.output()
     assert_converged(settings, summary.expected, 0)
-
-
-def metrics_port(daemon: DaemonProcess) -> int:
-    import json
-
-    def find() -> int | None:
-        for line in daemon.output().splitlines():
-            if '"metrics_listening"' in line or "metrics_server_started" in line:
-                event = json.loads(line)
-                return int(event["port"])
-        return None
-
-    wait_for(lambda: find() is not None, 30, "the metrics server to start")
-    port = find()
-    assert port is not None
-    return port
 
 
 def test_retry_budget_exhausted_exits_non_zero_without_committing(

@@ -22,6 +22,8 @@ from tests.support.daemon import (
     end_offsets,
     index_versions,
     ledger_offsets,
+    metrics_port,
+    scrape,
     stream_runs,
     wait_for,
     write_config,
@@ -230,12 +232,20 @@ def test_records_of_an_older_schema_version_get_the_newer_ones_defaults(
         producer.produce(settings.streams[0].topic, value=value, key=order_id.encode())
     assert producer.flush(30) == 0
 
-    daemon = DaemonProcess(write_config(settings, tmp_path / "c.toml"), tmp_path / "d.log")
+    daemon = DaemonProcess(
+        write_config(settings, tmp_path / "c.toml"),
+        tmp_path / "d.log",
+        extra_args=("--metrics-port", "0"),
+    )
     try:
         wait_for(caught_up(settings, end_offsets(settings)), 120, "catch-up")
+        metrics = scrape(metrics_port(daemon))
     finally:
         assert daemon.stop() == 0, daemon.output()
     assert "fast path off" not in daemon.output()
+    # v1 records too went through the native transcoder, not the Python path
+    assert metrics['ingest_records_consumed_total{stream="orders"}'] == len(orders)
+    assert metrics['ingest_records_python_path_total{stream="orders"}'] == 0
     client = connect_search(settings.search)
     try:
         client.refresh(settings.streams[0].alias)

@@ -7,11 +7,13 @@ from the real ledger and the real search server, never from the daemon's own wor
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,30 @@ def stream_runs(settings: Settings) -> list[Any]:
     with PostgresLedger.from_settings(settings.ledger) as ledger:
         ledger.migrate()
         return ledger.runs("stream", stream=settings.streams[0].name)
+
+
+def metrics_port(daemon: DaemonProcess) -> int:
+    """The port the daemon's metrics server took (started with ``--metrics-port 0``)."""
+
+    def find() -> int | None:
+        for line in daemon.output().splitlines():
+            if '"metrics_listening"' in line or "metrics_server_started" in line:
+                event = json.loads(line)
+                return int(event["port"])
+        return None
+
+    wait_for(lambda: find() is not None, 30, "the metrics server to start")
+    port = find()
+    assert port is not None
+    return port
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The daemon's /metrics as sample line (name and labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in lines if not line.startswith("#"))
+        if name
+    }
