@@ -464,11 +464,15 @@ class PostgresLedger:
         Idempotent: if ``(alias, version)`` exists, nothing changes and the existing row is
         returned, so the caller compares ``index_name``. Adding a ``live`` version retires the
         previous live one in the same transaction.
+
+        The conflict clause names no constraint: with one (``alias, version``), two processes
+        adding the same first version at once could trip the *other* unique constraint
+        (``index_name``) and fail instead of finding each other's row.
         """
         _check_state(state)
         insert = sql.SQL(
             "INSERT INTO {} (alias, version, index_name, schema_fingerprint, state, details)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (alias, version) DO NOTHING"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
         ).format(self._table("index_versions"))
         select = sql.SQL("SELECT * FROM {} WHERE alias = %s AND version = %s").format(
             self._table("index_versions")
@@ -479,6 +483,11 @@ class PostgresLedger:
             values = (alias, version, index_name, fingerprint, state, Jsonb(dict(details or {})))
             conn.execute(insert, values)
             rows = self._dicts(conn, select, (alias, version))
+        if not rows:
+            raise LookupError(
+                f"index {index_name!r} is already recorded under another alias or version"
+                f" than {alias!r} v{version}"
+            )
         return _index_row(rows[0])
 
     def set_index_state(

@@ -369,6 +369,43 @@ def test_mark_stale_runs(ledger: PostgresLedger, ledger_dsn: str, unique: str) -
 # -- index versions -----------------------------------------------------------------------
 
 
+def _add_at_once(ledgers: list[PostgresLedger], alias: str) -> tuple[list[Any], list[Any]]:
+    """Every ledger adds live v1 of ``alias`` at the same moment: (rows, errors)."""
+    barrier = threading.Barrier(len(ledgers))
+    rows: list[Any] = []
+    errors: list[BaseException] = []
+
+    def add(led: PostgresLedger) -> None:
+        try:
+            barrier.wait(10)
+            rows.append(led.add_index_version(alias, 1, f"{alias}-v1", "f", "live"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(led,)) for led in ledgers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return rows, errors
+
+
+def test_processes_adding_the_same_first_version_at_once_all_get_its_row(
+    ledger: PostgresLedger, open_ledger: Callable[..., PostgresLedger]
+) -> None:
+    """Daemons starting together all record v1: none may trip over the index-name unique
+    constraint while another's insert is in flight (seen as a FatalError at start)."""
+    ledgers = [ledger, *(open_ledger() for _ in range(5))]
+    for round_no in range(15):
+        alias = f"race{round_no}"
+        rows, errors = _add_at_once(ledgers, alias)
+        assert errors == []
+        assert {(r.alias, r.version, r.index_name) for r in rows} == {(alias, 1, f"{alias}-v1")}
+        assert len(rows) == len(ledgers)
+    with pytest.raises(LookupError, match="'race0-v1' is already recorded"):
+        ledger.add_index_version("race0", 2, "race0-v1", "f")
+
+
 def test_index_versions_and_handoff(ledger: PostgresLedger) -> None:
     """Versions move building -> live (retiring the old); handoff keeps the first offset."""
     v1 = ledger.add_index_version("orders", 1, "orders-v1", "f1", "live")
