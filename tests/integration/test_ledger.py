@@ -125,6 +125,29 @@ with PostgresLedger(sys.argv[1], sys.argv[2], connect_timeout_s=5) as led:
 """
 
 
+def at_once(
+    ledgers: list[PostgresLedger], call: Callable[[PostgresLedger], Any]
+) -> tuple[list[Any], list[BaseException]]:
+    """``call`` on every ledger from its own thread, released together: (results, errors)."""
+    barrier = threading.Barrier(len(ledgers), timeout=30)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run(led: PostgresLedger) -> None:
+        try:
+            barrier.wait()
+            results.append(call(led))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(led,)) for led in ledgers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results, errors
+
+
 def test_migrate_concurrently_from_threads_and_processes(
     ledger_dsn: str, unique: str, open_ledger: Callable[..., PostgresLedger]
 ) -> None:
@@ -140,23 +163,7 @@ def test_migrate_concurrently_from_threads_and_processes(
         )
         for _ in range(2)
     ]
-    ledgers = [open_ledger() for _ in range(4)]
-    barrier = threading.Barrier(len(ledgers), timeout=30)
-    results: list[list[int]] = []
-    errors: list[BaseException] = []
-
-    def run(led: PostgresLedger) -> None:
-        try:
-            barrier.wait()
-            results.append(led.migrate())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(led,)) for led in ledgers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results, errors = at_once([open_ledger() for _ in range(4)], PostgresLedger.migrate)
     for proc in procs:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
@@ -369,27 +376,6 @@ def test_mark_stale_runs(ledger: PostgresLedger, ledger_dsn: str, unique: str) -
 # -- index versions -----------------------------------------------------------------------
 
 
-def _add_at_once(ledgers: list[PostgresLedger], alias: str) -> tuple[list[Any], list[Any]]:
-    """Every ledger adds live v1 of ``alias`` at the same moment: (rows, errors)."""
-    barrier = threading.Barrier(len(ledgers))
-    rows: list[Any] = []
-    errors: list[BaseException] = []
-
-    def add(led: PostgresLedger) -> None:
-        try:
-            barrier.wait(10)
-            rows.append(led.add_index_version(alias, 1, f"{alias}-v1", "f", "live"))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=add, args=(led,)) for led in ledgers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return rows, errors
-
-
 def test_processes_adding_the_same_first_version_at_once_all_get_its_row(
     ledger: PostgresLedger, open_ledger: Callable[..., PostgresLedger]
 ) -> None:
@@ -398,7 +384,9 @@ def test_processes_adding_the_same_first_version_at_once_all_get_its_row(
     ledgers = [ledger, *(open_ledger() for _ in range(5))]
     for round_no in range(15):
         alias = f"race{round_no}"
-        rows, errors = _add_at_once(ledgers, alias)
+        rows, errors = at_once(
+            ledgers, lambda led, a=alias: led.add_index_version(a, 1, f"{a}-v1", "f", "live")
+        )
         assert errors == []
         assert {(r.alias, r.version, r.index_name) for r in rows} == {(alias, 1, f"{alias}-v1")}
         assert len(rows) == len(ledgers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +73,26 @@ def python_path(
     return action.doc_id, action.version, action.body
 
 
+def older_orders(
+    writer: SchemaVersion, *, seed: int, n: int, legacy: bool = False
+) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """Sample orders without v2's fields (plus a ``legacy`` list), framed as ``writer``."""
+    for i, v2_order in enumerate(itertools.islice(sample_orders(seed), n)):
+        order = {k: v for k, v in v2_order.items() if k not in ("priority", "coupon_code")}
+        if legacy:
+            order["legacy"] = [None, "x" * (i % 7)][: i % 3]
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, writer.schema, order)
+        yield order, frame(writer.schema_id, out.getvalue())
+
+
 def test_v1_sample_orders_are_on_the_fast_path_with_v2s_defaults() -> None:
     codec = AvroCodec(ORDERS, "orders", decimals_as_float=True)
     settings = stream("order_id", "updated_at")
     choice = fast_path_for(codec, settings)
     assert choice.transcode is not None and choice.slow_writers == ()
     v1 = ORDERS.versions("orders")[0]
-    for offset, v2_order in enumerate(itertools.islice(sample_orders(9), 2000)):
-        order = {k: v for k, v in v2_order.items() if k not in ("priority", "coupon_code")}
-        out = io.BytesIO()
-        fastavro.schemaless_writer(out, v1.schema, order)
-        value = frame(v1.schema_id, out.getvalue())
+    for offset, (order, value) in enumerate(older_orders(v1, seed=9, n=2000)):
         key = order["order_id"].encode()
         got = choice.transcode(value, key, offset)
         assert got is not None, "a valid v1 record took the Python path"
@@ -102,12 +112,7 @@ def test_a_field_the_reader_dropped_is_read_but_not_written(at: int) -> None:
     choice = fast_path_for(codec, settings)
     assert choice.transcode is not None and choice.slow_writers == ()
     writer = catalog.versions("orders")[0]
-    for offset, v2_order in enumerate(itertools.islice(sample_orders(4), 300)):
-        order = {k: v for k, v in v2_order.items() if k not in ("priority", "coupon_code")}
-        order["legacy"] = [None, "x" * (offset % 7)][: offset % 3]
-        out = io.BytesIO()
-        fastavro.schemaless_writer(out, writer.schema, order)
-        value = frame(writer.schema_id, out.getvalue())
+    for offset, (_, value) in enumerate(older_orders(writer, seed=4, n=300, legacy=True)):
         got = choice.transcode(value, b"k", offset)
         assert got is not None, "a valid record took the Python path"
         assert got == python_path(codec, settings, value, b"k", offset)
