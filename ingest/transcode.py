@@ -24,6 +24,7 @@ It is only an accelerator, never a second source of truth:
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,17 +128,25 @@ def _without(
     """``program`` reading but not writing the top-level fields in ``dropped`` (empty texts),
     the first field still written opening the document."""
     names = [f["name"] for f in schema["fields"]]
-    kept = [name for name in names if name not in dropped]
-    if dropped and not kept:
+    if dropped and dropped.issuperset(names):
         raise Unsupported("the reader schema drops all of its fields")
-    fields = []
-    for name, (_, node) in zip(names, program[1], strict=True):
+    texts = _field_texts(names, dropped)
+    nodes = [node for _, node in program[1]]
+    return ("record", tuple(zip(texts, nodes, strict=True)))
+
+
+def _field_texts(names: list[str], dropped: AbstractSet[str] = frozenset()) -> list[bytes]:
+    """What the transcoder writes before each field's value: ``{"name":`` for the first
+    field written, ``,"name":`` after it, and nothing for a dropped field (read, unwritten)."""
+    texts = []
+    opened = False
+    for name in names:
         if name in dropped:
-            text = b""
-        else:
-            text = (b"{" if name == kept[0] else b",") + orjson.dumps(name) + b":"
-        fields.append((text, node))
-    return ("record", tuple(fields))
+            texts.append(b"")
+            continue
+        texts.append((b"," if opened else b"{") + orjson.dumps(name) + b":")
+        opened = True
+    return texts
 
 
 def _defaults_suffix(defaults: tuple[tuple[str, Any], ...]) -> bytes:
@@ -220,14 +229,9 @@ def _node(schema: Any, named: dict[str, Any], stack: tuple[str, ...]) -> tuple[A
         name = schema["name"]
         if name in stack:
             raise Unsupported(f"recursive type {name} takes the Python path")
-        fields = tuple(
-            (
-                (b"{" if i == 0 else b",") + orjson.dumps(f["name"]) + b":",
-                _node(f["type"], named, (*stack, name)),
-            )
-            for i, f in enumerate(schema["fields"])
-        )
-        return ("record", fields)
+        texts = _field_texts([f["name"] for f in schema["fields"]])
+        nodes = [_node(f["type"], named, (*stack, name)) for f in schema["fields"]]
+        return ("record", tuple(zip(texts, nodes, strict=True)))
     if kind == "enum":
         return ("enum", tuple(orjson.dumps(symbol) for symbol in schema["symbols"]))
     if kind == "fixed":
