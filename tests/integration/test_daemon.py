@@ -20,6 +20,7 @@ from tests.support.daemon import (
     caught_up,
     dead_letter_offsets,
     end_offsets,
+    index_documents,
     index_versions,
     ledger_offsets,
     metrics_port,
@@ -216,7 +217,6 @@ def test_records_of_an_older_schema_version_get_the_newer_ones_defaults(
     from ingest.catalog import SchemaCatalog
     from ingest.codec import AvroCodec
     from ingest.samples import sample_orders
-    from ingest.search import connect_search
 
     settings = make_settings(partitions=2)
     codec = AvroCodec(SchemaCatalog.load(settings.schemas_dir), "orders")
@@ -246,12 +246,7 @@ def test_records_of_an_older_schema_version_get_the_newer_ones_defaults(
     # v1 records too went through the native transcoder, not the Python path
     assert metrics['ingest_records_consumed_total{stream="orders"}'] == len(orders)
     assert metrics['ingest_records_python_path_total{stream="orders"}'] == 0
-    client = connect_search(settings.search)
-    try:
-        client.refresh(settings.streams[0].alias)
-        docs = {hit["_id"]: hit["_source"] for hit in client.scan(settings.streams[0].alias)}
-    finally:
-        client.close()
+    docs = index_documents(settings)
     assert set(docs) == set(orders)
     for order_id, doc in docs.items():
         if order_id in old:

@@ -128,15 +128,25 @@ def caught_up(settings: Settings, ends: Mapping[int, int]) -> Callable[[], bool]
     return check
 
 
-def index_versions(settings: Settings, index: str | None = None) -> dict[str, int]:
-    """Document id -> external version, as searchable now in the alias (or ``index``)."""
+def _hits(settings: Settings, index: str | None) -> list[dict[str, Any]]:
+    """Every document searchable now in the stream's alias (or ``index``)."""
     client = connect_search(settings.search)
     try:
         target = index or settings.streams[0].alias
         client.refresh(target)
-        return {hit["_id"]: int(hit["_version"]) for hit in client.scan(target)}
+        return list(client.scan(target))
     finally:
         client.close()
+
+
+def index_versions(settings: Settings, index: str | None = None) -> dict[str, int]:
+    """Document id -> external version, as searchable now in the alias (or ``index``)."""
+    return {hit["_id"]: int(hit["_version"]) for hit in _hits(settings, index)}
+
+
+def index_documents(settings: Settings, index: str | None = None) -> dict[str, Any]:
+    """Document id -> its source, as searchable now in the alias (or ``index``)."""
+    return {hit["_id"]: hit["_source"] for hit in _hits(settings, index)}
 
 
 def dead_letter_offsets(settings: Settings) -> list[tuple[int, int]]:
