@@ -33,15 +33,15 @@ import structlog
 
 from backfill.files import read_records, sha256_of
 from backfill.kafka_range import KafkaChunkPlan
-from ingest.batch import Batch
-from ingest.catalog import SchemaVersion
-from ingest.components import Components, build_pipeline
+from ingest.avro.catalog import SchemaVersion
 from ingest.errors import ConfigError, FatalError, IngestError, TransientError
-from ingest.indices import IndexRouter, ensure_live_index
-from ingest.pipeline import BatchWriter, RecordProcessor
+from ingest.kafka.ranges import KafkaRangeReader, OffsetRange
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.process import BatchWriter, RecordProcessor
+from ingest.pipeline.wiring import Components, build_pipeline
 from ingest.retry import RetryEvent, retrying
+from ingest.search.indices import IndexRouter, ensure_live_index
 from ingest.settings import StreamSettings
-from ingest.source import KafkaRangeReader, OffsetRange
 from ingest.types import RawRecord
 
 log = structlog.get_logger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from backfill.reindex import reindex_command
-from ingest.cli import EXIT_RUNTIME, config_option, fail_cleanly, load
+from ingest.cli._common import EXIT_RUNTIME, config_option, fail_cleanly, load
 
 _PROGRESS = click.Choice(["auto", "bar", "lines", "none"])
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ingest.ledger import PostgresLedger
-from ingest.logconfig import configure_logging
+from ingest.logging import configure_logging
 from ingest.settings import Settings, load_settings
 
 _lock = threading.Lock()

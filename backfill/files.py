@@ -25,8 +25,8 @@ from typing import Any
 
 import fastavro
 
-from ingest.catalog import SchemaVersion
-from ingest.codec import frame
+from ingest.avro.catalog import SchemaVersion
+from ingest.avro.codec import frame
 from ingest.errors import ConfigError, FatalError
 from ingest.settings import StreamSettings
 from ingest.types import RawRecord

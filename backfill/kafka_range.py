@@ -128,7 +128,7 @@ def split_windows(
 
 
 class OffsetLookup(Protocol):
-    """What planning needs from the broker (``ingest.source.KafkaRangeReader``)."""
+    """What planning needs from the broker (``ingest.kafka.consumer.KafkaRangeReader``)."""
 
     def partitions(self, topic: str) -> list[int]: ...
 

@@ -36,10 +36,10 @@ from backfill.files import check_stream_for_files
 from backfill.kafka_range import parse_instant
 from backfill.progress import LedgerProgress, ProgressMode, make_view
 from backfill.tasks import ChunkTask, file_tasks, kafka_offset_tasks, kafka_time_tasks
-from ingest.catalog import SchemaCatalog
+from ingest.avro.catalog import SchemaCatalog
 from ingest.errors import ConfigError
 from ingest.ledger import ChunkRow, PostgresLedger
-from ingest.search import connect_search
+from ingest.search.client import connect_search
 from ingest.settings import Settings, StreamSettings
 
 log = structlog.get_logger(__name__)

@@ -50,9 +50,9 @@ from backfill.kafka_range import (
     split_windows,
 )
 from backfill.targets import LedgerChunkTarget
-from ingest.components import Components, open_components
+from ingest.kafka.ranges import KafkaRangeReader
+from ingest.pipeline.wiring import Components, open_components
 from ingest.settings import Settings, StreamSettings
-from ingest.source import KafkaRangeReader
 
 #: Seconds between two progress reports of a running chunk to the scheduler.
 PROGRESS_EVERY_S = 1.0

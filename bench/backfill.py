@@ -25,11 +25,11 @@ from typing import Any
 from bench.common import embedded_stack, fresh_settings
 from bench.endtoend import ceiling, produce_raw
 from bench.pipeline import encoded_records
-from ingest.catalog import SchemaCatalog
-from ingest.devstack import StackEndpoints
-from ingest.logconfig import configure_logging
-from ingest.mapping import index_definition
-from ingest.search import connect_search
+from ingest.avro.catalog import SchemaCatalog
+from ingest.dev.stack import StackEndpoints
+from ingest.logging import configure_logging
+from ingest.search.client import connect_search
+from ingest.search.mapping import index_definition
 from ingest.settings import Settings
 
 

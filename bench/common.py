@@ -12,7 +12,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ingest.devstack import StackEndpoints, start_stack
+from ingest.dev.stack import StackEndpoints, start_stack
 from ingest.settings import (
     IndexSettings,
     KafkaSettings,

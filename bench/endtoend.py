@@ -26,17 +26,16 @@ from confluent_kafka import Producer
 
 from bench.common import fresh_settings
 from bench.pipeline import STREAM, encoded_records
-from ingest.batch import Batch
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec
-from ingest.daemon import group_id_for
-from ingest.devstack import StackEndpoints
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec
+from ingest.dev.stack import StackEndpoints
 from ingest.ledger import PostgresLedger
-from ingest.mapping import index_definition
-from ingest.pipeline import RecordProcessor
-from ingest.search import connect_search
-from ingest.settings import Settings
-from ingest.transform import Transformer
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.process import RecordProcessor
+from ingest.pipeline.transform import Transformer
+from ingest.search.client import connect_search
+from ingest.search.mapping import index_definition
+from ingest.settings import Settings, group_id_for
 from ingest.types import RawRecord
 
 INGEST = str(Path(sys.executable).with_name("ingest"))

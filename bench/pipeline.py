@@ -11,15 +11,15 @@ import time
 from typing import Any
 
 from bench.common import ROOT
-from ingest.batch import Batch
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec
-from ingest.components import processor_for
-from ingest.pipeline import RecordProcessor
-from ingest.samples import sample_orders
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec
+from ingest.avro.transcode import native_available
+from ingest.dev.samples import sample_orders
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.process import RecordProcessor
+from ingest.pipeline.transform import Transformer
+from ingest.pipeline.wiring import processor_for
 from ingest.settings import StreamSettings
-from ingest.transcode import native_available
-from ingest.transform import Transformer
 from ingest.types import RawRecord
 
 STREAM = StreamSettings(

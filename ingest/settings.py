@@ -248,6 +248,11 @@ class Settings(_Frozen):
 _SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential")
 
 
+def group_id_for(settings: Settings, stream: StreamSettings) -> str:
+    """One consumer group per stream, so streams rebalance independently."""
+    return f"{settings.kafka.group_id}.{stream.name}"
+
+
 def is_secret_key(key: str) -> bool:
     """True for names such as ``sasl.password`` or ``api_key`` whose values are redacted."""
     k = key.lower().replace("-", "_")

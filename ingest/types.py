@@ -6,6 +6,7 @@ Offsets: ``offset`` is a record's own position; ``next_offset`` is the position 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,3 +53,8 @@ class DeadLetter:
     stage: str
     reason: str
     stream: str
+
+
+#: ``fast(value, key, offset) -> (doc_id, version, body)`` or None for "take the Python
+#: path": the native transcoder, see :mod:`ingest.avro.transcode`.
+FastPath = Callable[[bytes, bytes | None, int], tuple[str, int, bytes] | None]

@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # the package may not be installed into the venv
     sys.path.insert(0, str(REPO_ROOT))
 
-from ingest.devstack import (  # noqa: E402
+from ingest.dev.stack import (  # noqa: E402
     Component,
     RunningStack,
     StackEndpoints,

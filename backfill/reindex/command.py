@@ -42,11 +42,12 @@ log = structlog.get_logger(__name__)
 
 def reindex(settings: Settings, stream_name: str, options: ReindexOptions) -> ReindexResult:
     """Run one reindex (or rollback/abort/prune) of ``stream_name`` under the alias lock."""
-    from ingest.components import open_components
-    from ingest.daemon import group_id_for
-    from ingest.source import KafkaRangeReader
+    from ingest.kafka.ranges import KafkaRangeReader
+    from ingest.pipeline.wiring import open_components
+    from ingest.settings import group_id_for
 
     stream = settings.stream(stream_name)
+
     if options.pause_at is not None and options.pause_at not in PAUSE_POINTS:
         raise ConfigError(
             f"unknown pause point {options.pause_at!r} (use {', '.join(PAUSE_POINTS)})"
@@ -164,7 +165,7 @@ def reindex_command(
 
     Resumable: re-run the same command after any failure or kill.
     """
-    from ingest.cli import EXIT_CONFIG, EXIT_RUNTIME, load
+    from ingest.cli._common import EXIT_CONFIG, EXIT_RUNTIME, load
 
     if rollback and abort:
         click.echo("error: --rollback and --abort exclude each other", err=True)

@@ -68,7 +68,7 @@ class StreamFiller:
 
     def _from_index(self, job: FillJob, progress: Callable[[FillResult], None]) -> FillResult:
         """Scroll the source index and write each hit with its ``_version`` as external version."""
-        from ingest.sink import BulkSink
+        from ingest.search.bulk import BulkSink
 
         client = self._components.search
         sink = BulkSink(client, max_retry_s=self._components.settings.runtime.max_retry_s)

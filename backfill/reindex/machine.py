@@ -18,7 +18,7 @@ from ingest.errors import ConfigError
 from ingest.settings import Settings, StreamSettings
 
 if TYPE_CHECKING:  # the ledger pulls in psycopg: kept out of `backfill --help`
-    from ingest.catalog import SchemaCatalog
+    from ingest.avro.catalog import SchemaCatalog
     from ingest.ledger import IndexVersionRow
 
 from backfill.reindex.plan import (
@@ -184,7 +184,7 @@ class Reindexer:
     # -- starting ---------------------------------------------------------------------------
 
     def _live(self) -> IndexVersionRow:
-        from ingest.indices import ensure_live_index
+        from ingest.search.indices import ensure_live_index
 
         live = self.ledger.live_version(self.alias)
         if live is None:
@@ -202,8 +202,8 @@ class Reindexer:
         return live
 
     def _begin_build(self) -> tuple[int, ReindexState]:
-        from ingest.indices import physical_index_name
-        from ingest.mapping import index_definition
+        from ingest.search.indices import physical_index_name
+        from ingest.search.mapping import index_definition
 
         live = self._live()
         versions = self.ledger.index_versions(self.alias)
@@ -256,7 +256,7 @@ class Reindexer:
         return version, state
 
     def _begin_rollback(self) -> tuple[int, ReindexState]:
-        from ingest.mapping import index_definition
+        from ingest.search.mapping import index_definition
 
         live = self._live()
         target = rollback_target(live, self.ledger.index_versions(self.alias))

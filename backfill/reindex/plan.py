@@ -93,7 +93,7 @@ class ReindexLedger(Protocol):
 
 
 class ReindexSearch(Protocol):
-    """What the reindex needs from :class:`~ingest.search.SearchClient`."""
+    """What the reindex needs from :class:`~ingest.search.client.SearchClient`."""
 
     def create_index(self, name: str, body: Mapping[str, Any]) -> None: ...
     def delete_index(self, name: str, *, missing_ok: bool = False) -> None: ...

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from ingest.dev.demo import run_produce
+from ingest.kafka.producer import ProduceSummary
 from ingest.ledger import PostgresLedger
-from ingest.producer import ProduceSummary, run_produce
 from ingest.settings import Settings
 from tests.support.daemon import (
     DaemonProcess,

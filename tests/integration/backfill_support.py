@@ -17,10 +17,10 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec
+from ingest.dev.samples import sample_orders
 from ingest.ledger import ChunkRow, PostgresLedger
-from ingest.samples import sample_orders
 from ingest.settings import Settings
 from tests.support.daemon import write_config
 

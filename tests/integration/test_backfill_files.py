@@ -17,9 +17,9 @@ from typing import Any
 import fastavro
 import pytest
 
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec
-from ingest.samples import sample_orders, to_version
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec
+from ingest.dev.samples import sample_orders, to_version
 from ingest.settings import Settings
 from tests.integration.backfill_support import dead_letters, run_backfill
 from tests.support.daemon import index_versions

@@ -227,9 +227,9 @@ def test_offset_backfill_into_a_physical_index_api(
 ) -> None:
     """The reindex handoff: every record below given end offsets, into a named index, with
     two worker processes; calling again skips every chunk."""
-    from ingest.catalog import SchemaCatalog
-    from ingest.mapping import index_definition
-    from ingest.search import connect_search
+    from ingest.avro.catalog import SchemaCatalog
+    from ingest.search.client import connect_search
+    from ingest.search.mapping import index_definition
     from tests.support.daemon import end_offsets
 
     settings = make_settings(partitions=3)
@@ -277,7 +277,7 @@ def test_backfill_racing_the_daemon_never_overwrites_newer_documents(
     old ones: every backfilled write is a no-op conflict and the newest versions stay."""
     import random
 
-    from ingest.samples import millis, next_version
+    from ingest.dev.samples import millis, next_version
     from tests.support.daemon import DaemonProcess, caught_up, end_offsets, wait_for, write_config
 
     settings = make_settings(partitions=2)

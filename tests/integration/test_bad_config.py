@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from ingest.devstack import free_port
+from ingest.dev.stack import free_port
 from ingest.settings import Settings
 from tests.support.daemon import settings_document
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ingest.producer import run_produce
+from ingest.dev.demo import run_produce
 from ingest.settings import Settings
 from tests.support.compat_proxy import CompatProxy
 from tests.support.daemon import (
@@ -214,9 +214,9 @@ def test_records_of_an_older_schema_version_get_the_newer_ones_defaults(
 
     from confluent_kafka import Producer
 
-    from ingest.catalog import SchemaCatalog
-    from ingest.codec import AvroCodec
-    from ingest.samples import sample_orders
+    from ingest.avro.catalog import SchemaCatalog
+    from ingest.avro.codec import AvroCodec
+    from ingest.dev.samples import sample_orders
 
     settings = make_settings(partitions=2)
     codec = AvroCodec(SchemaCatalog.load(settings.schemas_dir), "orders")

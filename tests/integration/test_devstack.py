@@ -12,7 +12,7 @@ import psutil
 import psycopg
 import pytest
 
-from ingest.devstack import (
+from ingest.dev.stack import (
     DEFAULT_STATE_DIR,
     STATE_FILE,
     StackEndpoints,

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from ingest.catalog import SchemaCatalog
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec
 from ingest.cli import main
-from ingest.codec import AvroCodec
+from ingest.dev.samples import sample_orders
 from ingest.ledger import PostgresLedger
-from ingest.samples import sample_orders
-from ingest.search import connect_search
+from ingest.search.client import connect_search
 from ingest.settings import Settings
 from ingest.types import DeadLetter, RawRecord
 from tests.support.daemon import write_config

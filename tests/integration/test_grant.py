@@ -17,8 +17,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.cli import main
+from ingest.dev.demo import run_produce
 from ingest.ledger import PostgresLedger
-from ingest.producer import run_produce
 from ingest.settings import Settings
 from tests.support.daemon import (
     DaemonProcess,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ingest.components import open_components
-from ingest.indices import ensure_live_index
+from ingest.pipeline.wiring import open_components
+from ingest.search.indices import ensure_live_index
 from ingest.settings import Settings
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ingest.catalog import SchemaCatalog
-from ingest.mapping import derive_mapping, diff_mappings, index_definition
-from ingest.samples import sample_orders
-from ingest.search import SearchClient, connect_search
+from ingest.avro.catalog import SchemaCatalog
+from ingest.dev.samples import sample_orders
+from ingest.pipeline.transform import Transformer
+from ingest.search.client import SearchClient, connect_search
+from ingest.search.mapping import derive_mapping, diff_mappings, index_definition
 from ingest.settings import IndexSettings, SearchSettings, StreamSettings
-from ingest.transform import Transformer
 from ingest.types import RawRecord
 
 pytestmark = pytest.mark.integration

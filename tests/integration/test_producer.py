@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec
+from ingest.dev.demo import run_produce
+from ingest.dev.samples import millis, sample_orders
 from ingest.errors import ConfigError, RecordError, RecordValidationError
-from ingest.producer import RecordProducer, run_produce
-from ingest.samples import millis, sample_orders
+from ingest.kafka.producer import RecordProducer
 from ingest.settings import Settings
 
 pytestmark = pytest.mark.integration

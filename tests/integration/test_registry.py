@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from ingest.catalog import SchemaCatalog
-from ingest.codec import HEADER_SIZE, AvroCodec, frame
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import HEADER_SIZE, AvroCodec, frame
+from ingest.avro.registry import HttpSchemaRegistry
+from ingest.dev.samples import sample_orders
 from ingest.errors import FatalError, TransientError, UnknownSchemaError
-from ingest.registry import HttpSchemaRegistry
-from ingest.samples import sample_orders
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,12 @@ import fastavro
 import pytest
 
 from backfill.reindex import PAUSE_POINTS
-from ingest.catalog import SchemaCatalog
+from ingest.avro.catalog import SchemaCatalog
+from ingest.dev.samples import millis, next_version, sample_orders
+from ingest.kafka.producer import RecordProducer
 from ingest.ledger import PostgresLedger
-from ingest.mapping import index_definition
-from ingest.producer import RecordProducer
-from ingest.samples import millis, next_version, sample_orders
-from ingest.search import connect_search
+from ingest.search.client import connect_search
+from ingest.search.mapping import index_definition
 from ingest.settings import Settings
 from tests.support.daemon import caught_up, end_offsets, index_versions, wait_for
 from tests.support.procs import Proc, kill_9, run_cli, start_cli, stop_quietly
@@ -313,8 +313,8 @@ def test_reindex_without_a_daemon_and_a_second_run_refused_while_one_runs(
 def test_reindex_from_archive_files(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     """An index filled from archive files is rebuilt from the same files."""
     from backfill.runner import run_file_backfill
-    from ingest.components import open_components
-    from ingest.indices import ensure_live_index
+    from ingest.pipeline.wiring import open_components
+    from ingest.search.indices import ensure_live_index
 
     settings = make_settings(partitions=1)
     orders = list(itertools.islice(sample_orders(21), 40))

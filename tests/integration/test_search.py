@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from ingest.errors import ConfigError, TransientError
-from ingest.search import (
+from ingest.search.client import (
     SearchClient,
     SearchNotFoundError,
     SearchRequestError,

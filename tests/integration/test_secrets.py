@@ -36,7 +36,7 @@ import tomli_w
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ingest.devstack import free_port
+from ingest.dev.stack import free_port
 from ingest.settings import Settings
 from tests.support.daemon import (
     DaemonProcess,

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.search import SearchClient
-from ingest.sink import BulkSink
+from ingest.search.bulk import BulkSink
+from ingest.search.client import SearchClient
 from ingest.types import IndexAction, RawRecord
 from tests.support.search_fixtures import *  # noqa: F403 (fixtures)
 

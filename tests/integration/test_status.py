@@ -21,9 +21,8 @@ from confluent_kafka import Producer
 from psycopg import sql
 
 from ingest.cli import main
-from ingest.daemon import group_id_for
 from ingest.ledger import OffsetCommit, PostgresLedger
-from ingest.settings import Settings
+from ingest.settings import Settings, group_id_for
 from ingest.types import DeadLetter, RawRecord
 from tests.support.daemon import write_config
 
@@ -129,7 +128,7 @@ def test_status_with_broker_down_still_shows_the_ledger(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """An unreachable broker costs one bounded timeout and one problem line, not a failure."""
-    from ingest.devstack import free_port
+    from ingest.dev.stack import free_port
 
     settings = make_settings(
         partitions=None, kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"}

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ingest.kafka.ranges import KafkaRangeReader
 from ingest.ledger import PostgresLedger
-from ingest.search import connect_search
+from ingest.search.client import connect_search
 from ingest.settings import Settings
-from ingest.source import KafkaRangeReader
 from tests.support.procs import settings_document, write_config
 
 __all__ = ["settings_document", "write_config"]  # re-exported for the tests
@@ -109,7 +109,7 @@ def end_offsets(settings: Settings) -> dict[int, int]:
 
 
 def ledger_offsets(settings: Settings) -> dict[int, int]:
-    from ingest.daemon import group_id_for
+    from ingest.settings import group_id_for
 
     stream = settings.streams[0]
     with PostgresLedger.from_settings(settings.ledger) as ledger:

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 import psutil
 import tomli_w
 
-from ingest.devstack import StackEndpoints, env_vars
+from ingest.dev.stack import StackEndpoints, env_vars
 from ingest.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -246,7 +246,7 @@ def run_cli(
 
 
 class Target(Protocol):
-    """A :class:`Proc` or an :class:`ingest.devstack.Component` (a server we started)."""
+    """A :class:`Proc` or an :class:`ingest.dev.stack.Component` (a server we started)."""
 
     @property
     def pid(self) -> int: ...

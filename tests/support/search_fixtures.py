@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest.search import SearchClient, connect_search
+from ingest.search.client import SearchClient, connect_search
 from ingest.settings import SearchSettings
 from tests.support.compat_proxy import CompatProxy
 

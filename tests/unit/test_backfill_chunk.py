@@ -11,12 +11,12 @@ import orjson
 import pytest
 
 from backfill.chunk import ChunkBusyError, ChunkSpec, run_chunk
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec
-from ingest.components import Components
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec
+from ingest.dev.samples import sample_orders
 from ingest.errors import ConfigError, RetriesExhausted, TransientError
 from ingest.ledger import ChunkRow
-from ingest.samples import sample_orders
+from ingest.pipeline.wiring import Components
 from ingest.settings import RuntimeSettings, Settings, StreamSettings
 from ingest.types import DeadLetter, RawRecord
 

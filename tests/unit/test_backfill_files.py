@@ -18,10 +18,10 @@ from backfill.files import (
     read_records,
     sha256_of,
 )
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec
+from ingest.dev.samples import sample_orders, to_version
 from ingest.errors import ConfigError, FatalError
-from ingest.samples import sample_orders, to_version
 from ingest.settings import StreamSettings
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.batch import Batch, FlushPolicy, newest_per_document
+from ingest.pipeline.batch import Batch, FlushPolicy, newest_per_document
 from ingest.types import DeadLetter, IndexAction, RawRecord
 
 POLICY = FlushPolicy(max_records=3, max_bytes=100, linger_s=1.0)

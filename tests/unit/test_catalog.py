@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ingest.catalog import SchemaCatalog
+from ingest.avro.catalog import SchemaCatalog
 from ingest.errors import ConfigError, UnknownSchemaError
 
 REPO_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -18,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.avroread import ReadFailure, compile_reader
-from ingest.catalog import SchemaCatalog
-from ingest.codec import HEADER_SIZE, AvroCodec, frame
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import HEADER_SIZE, AvroCodec, frame
+from ingest.avro.reader import ReadFailure, compile_reader
+from ingest.avro.registry import HttpSchemaRegistry, _schema_from
+from ingest.dev.samples import sample_orders, to_version
 from ingest.errors import (
     DecodeError,
     FatalError,
@@ -30,8 +32,6 @@ from ingest.errors import (
     TransientError,
     UnknownSchemaError,
 )
-from ingest.registry import HttpSchemaRegistry, _schema_from
-from ingest.samples import sample_orders, to_version
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CATALOG = SchemaCatalog.load(SCHEMAS)
@@ -599,7 +599,7 @@ def test_decimals_as_float_give_the_nearest_double() -> None:
     import itertools
     import math
 
-    from ingest.samples import sample_orders
+    from ingest.dev.samples import sample_orders
 
     catalog = CATALOG
     exact = AvroCodec(catalog, "orders")

@@ -351,7 +351,7 @@ def test_dockerfile() -> None:
     assert re.search(r"pip wheel .*--wheel-dir /wheels /src", text)
     assert re.search(r"COPY --from=build /wheels /wheels", text)
     assert re.search(r"pip install /wheels/\*\.whl", text)
-    assert 'python -c "import ingest._transcode"' in text
+    assert 'python -c "import ingest.avro._transcode"' in text
     assert re.search(r"^USER (?!root)\w+", text, re.MULTILINE)
     entrypoint = _dockerfile_instruction("ENTRYPOINT")
     assert _repo_path(entrypoint[0]).is_file()

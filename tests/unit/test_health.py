@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from ingest.daemon.health import Health, MetricsServer, serve
+from ingest.daemon.metrics import Metrics
 from ingest.errors import ConfigError
-from ingest.health import Health, MetricsServer, serve
-from ingest.metrics import Metrics
 
 
 class FakeClock:

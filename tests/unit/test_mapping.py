@@ -8,9 +8,9 @@ from typing import Any
 import fastavro
 import pytest
 
-from ingest.catalog import SchemaCatalog
+from ingest.avro.catalog import SchemaCatalog
 from ingest.errors import ConfigError
-from ingest.mapping import DATE_FORMAT, derive_mapping, diff_mappings, index_definition
+from ingest.search.mapping import DATE_FORMAT, derive_mapping, diff_mappings, index_definition
 from ingest.settings import IndexSettings
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

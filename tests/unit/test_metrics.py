@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.metrics import CONTENT_TYPE, Metrics
+from ingest.daemon.metrics import CONTENT_TYPE, Metrics
 
 
 def _v(m: Metrics, name: str, **labels: str) -> float | None:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from ingest.batch import Batch
 from ingest.errors import DecodeError, FramingError, RetriesExhausted
-from ingest.pipeline import BatchWriter, RecordProcessor
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.process import BatchWriter, RecordProcessor
+from ingest.pipeline.transform import Transformer
 from ingest.settings import StreamSettings
-from ingest.transform import Transformer
 from ingest.types import DeadLetter, IndexAction, RawRecord
 
 STREAM = StreamSettings(

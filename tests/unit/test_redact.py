@@ -10,7 +10,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from ingest.redact import MASK, Redactor
+from ingest.logging import MASK, Redactor
 
 SECRET = "s3cr3t-Pa55"
 

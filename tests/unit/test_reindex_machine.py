@@ -24,7 +24,7 @@ from backfill.reindex import (
     ReindexOptions,
     ReindexState,
 )
-from ingest.catalog import SchemaCatalog
+from ingest.avro.catalog import SchemaCatalog
 from ingest.ledger import IndexVersionRow, RunRow
 from ingest.settings import Settings, StreamSettings
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastavro.validation import validate
 
-from ingest.catalog import SchemaCatalog
-from ingest.samples import STATUSES, V2_FIELDS, millis, next_version, sample_orders, to_version
+from ingest.avro.catalog import SchemaCatalog
+from ingest.dev.samples import STATUSES, V2_FIELDS, millis, next_version, sample_orders, to_version
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

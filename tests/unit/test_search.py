@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ingest.errors import TransientError
-from ingest.search import (
+from ingest.search.client import (
     SearchAuthError,
     SearchNotFoundError,
     SearchRequestError,

@@ -10,8 +10,8 @@ import pytest
 
 from ingest.errors import RetriesExhausted, TransientError
 from ingest.retry import RetryEvent
-from ingest.search import SearchAuthError, SearchNotFoundError, SearchRequestError
-from ingest.sink import BulkSink, ItemOutcome, action_lines, check_action, classify_item
+from ingest.search.bulk import BulkSink, ItemOutcome, action_lines, check_action, classify_item
+from ingest.search.client import SearchAuthError, SearchNotFoundError, SearchRequestError
 from ingest.types import IndexAction, RawRecord
 
 # Tiny backoff: retries sleep a millisecond or two, budgets are tens of milliseconds.

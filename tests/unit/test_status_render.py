@@ -9,10 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console
 
-import ingest.cli  # noqa: F401  (registers the commands first: ingest.commands.* import it)
-from ingest.commands.dlq import hex_dump, parse_ids, parse_when
-from ingest.commands.status import age, render_status
-from ingest.status import (
+from ingest.cli.dlq import hex_dump, parse_ids, parse_when
+from ingest.cli.status import age, render_status
+from ingest.ops.status import (
     ChunkSummary,
     DeadLetterCount,
     IndexVersionStatus,
@@ -308,7 +307,7 @@ def _settings():  # type: ignore[no-untyped-def]
 
 def test_gather_joins_ledger_and_broker_and_flags_problems() -> None:
     """Lag per partition from both sides; stale runs, negative lag and failed chunks flagged."""
-    from ingest.status import gather_status
+    from ingest.ops.status import gather_status
 
     report = gather_status(
         _settings(),
@@ -337,7 +336,7 @@ def test_gather_joins_ledger_and_broker_and_flags_problems() -> None:
 def test_gather_without_broker_keeps_ledger_side() -> None:
     """An unreachable broker is one problem line; the ledger's numbers are still shown."""
     from ingest.errors import TransientError
-    from ingest.status import gather_status
+    from ingest.ops.status import gather_status
 
     calls: list[str] = []
 
@@ -355,7 +354,7 @@ def test_gather_without_broker_keeps_ledger_side() -> None:
 
 
 def test_gather_filtered_to_streams_drops_other_streams() -> None:
-    from ingest.status import gather_status
+    from ingest.ops.status import gather_status
 
     settings = _settings()
     report = gather_status(

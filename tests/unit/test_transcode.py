@@ -26,14 +26,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.avroread import compile_reader
-from ingest.catalog import SchemaCatalog
-from ingest.codec import AvroCodec, frame
+from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.codec import AvroCodec, frame
+from ingest.avro.reader import compile_reader
+from ingest.avro.transcode import Unsupported, compile_program, fast_path_for, native_available
+from ingest.dev.samples import sample_orders
 from ingest.errors import RecordError
-from ingest.samples import sample_orders
+from ingest.pipeline.transform import Transformer
 from ingest.settings import StreamSettings
-from ingest.transcode import Unsupported, compile_program, fast_path_for, native_available
-from ingest.transform import Transformer
 from ingest.types import RawRecord
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -65,7 +65,7 @@ class Paths:
     """The two paths for one writer schema and one stream's id/version settings."""
 
     def __init__(self, schema: dict[str, Any], settings: StreamSettings) -> None:
-        from ingest._transcode import Transcoder
+        from ingest.avro._transcode import Transcoder
 
         parsed = fastavro.parse_schema(schema, named_schemas={})
         self.parsed = parsed

@@ -1,7 +1,7 @@
 """The fast path for records written with an older schema version.
 
 The codec reads an older writer's record as the reader's by appending the fields the
-reader added, with their defaults (``ingest.codec.plain_evolution``). The transcoder does the
+reader added, with their defaults (``ingest.avro.codec.plain_evolution``). The transcoder does the
 same for those writer ids: it transcodes the writer's fields and ends the document with the
 defaults. These tests check, as for the reader's own records, that both paths give the same
 documents, and that each older writer the transcoder cannot serve is named with a reason.
@@ -21,20 +21,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.catalog import SchemaCatalog, SchemaVersion, parse_avro
-from ingest.codec import AvroCodec, frame
+from ingest.avro.catalog import SchemaCatalog, SchemaVersion, parse_avro
+from ingest.avro.codec import AvroCodec, frame
+from ingest.avro.transcode import fast_path_for
+from ingest.dev.samples import sample_orders
 from ingest.errors import RecordError
-from ingest.samples import sample_orders
+from ingest.pipeline.transform import Transformer
 from ingest.settings import StreamSettings
-from ingest.transcode import fast_path_for
-from ingest.transform import Transformer
 from ingest.types import RawRecord
 from tests.unit.test_transcode import MUTATIONS, PROPERTY, cases, mutate, stream, values
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 ORDERS = SchemaCatalog.load(SCHEMAS)
 
-#: Plain defaults of each kind the codec appends as they are (see ingest.codec._plain_default).
+#: Plain defaults of each kind the codec appends as they are (see ingest.avro.codec._plain_default).
 _ADDED = [
     ("null", None),
     ("boolean", False),

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from ingest.errors import ConfigError, TransformError
+from ingest.pipeline.transform import Transformer, load_hook, to_version
 from ingest.settings import StreamSettings
-from ingest.transform import Transformer, load_hook, to_version
 from ingest.types import RawRecord
 
 

@@ -1,0 +1,59 @@
+"""What every command shares: one-line errors with exit codes, ``--config``, settings loading.
+
+Command modules import this module, never :mod:`ingest.cli` itself, so the package has no
+import cycle and each command module imports on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ingest.errors import ConfigError, IngestError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def fail_cleanly(func: F) -> F:
+    """Turn IngestErrors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        except IngestError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_RUNTIME)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="TOML settings file (default: ./ingest.toml, or $INGEST_CONFIG).",
+    )(func)
+
+
+def load(config_path: Path | None, *, log_level: str = "INFO") -> Any:
+    """Settings plus logging configured with the secrets they hold."""
+    from ingest.logging import configure_logging
+    from ingest.settings import load_settings
+
+    settings = load_settings(config_path)
+    configure_logging(level=log_level, secrets=settings.secrets())
+    return settings

@@ -1,1 +1,0 @@
-"""Subcommands of the ``ingest`` CLI that live in modules of their own."""

@@ -1,0 +1,277 @@
+"""Prometheus metrics of the ingester: what it consumed, indexed, dead-lettered, how far behind.
+
+A :class:`Metrics` owns its own :class:`~prometheus_client.CollectorRegistry` instead of the
+process-global default one, so tests, benchmarks and several pipelines in one process never
+clash over metric names. The daemon calls a few small typed methods (``consumed``, ``flushed``,
+``retry``, ``lag``, ``buffered``); :mod:`ingest.daemon.health` serves :meth:`Metrics.render` on
+``/metrics``.
+
+The methods sit on the hot path (``consumed`` may run once per fetched batch), so the labelled
+children for each stream are looked up once and cached: a call costs a dict lookup plus the
+metric's own lock, never a label-tuple validation.
+
+Every metric name starts with the namespace (``ingest_`` by default)::
+
+    ingest_records_consumed_total{stream}          records read from Kafka
+    ingest_records_indexed_total{stream}           documents written (created or updated)
+    ingest_records_deleted_total{stream}           tombstones applied as deletes
+    ingest_records_dead_lettered_total{stream,stage}  records sent to the dead-letter store
+    ingest_conflicts_total{stream}                 409s = already applied (newer version held)
+    ingest_retries_total{stream}                   transient-failure retry attempts
+    ingest_bulk_latency_seconds{stream}            wall time of one flush's bulk write
+    ingest_batch_size_records{stream}              records per flushed batch
+    ingest_lag_records{stream,partition}           high watermark minus next offset
+    ingest_buffered_bytes{stream}                  bytes held in memory, not yet flushed
+    ingest_last_flush_timestamp_seconds{stream}    unix time of the last successful flush
+    ingest_in_retry{stream}                        1 while a transient failure is being retried
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+#: Content type of :meth:`Metrics.render` (the text format ``generate_latest`` writes).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+#: Bulk round trips: a few ms on an idle local server up to the client's 30 s timeout.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Batch sizes around the 1,000-5,000 docs Elasticsearch recommends per bulk.
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 50000)
+
+
+class _Common(TypedDict):
+    """Arguments every metric of one :class:`Metrics` shares."""
+
+    namespace: str
+    registry: CollectorRegistry
+
+
+@dataclass
+class _StreamChildren:
+    """The labelled children of one stream, resolved once so the hot path skips ``labels()``."""
+
+    consumed: Counter
+    indexed: Counter
+    deleted: Counter
+    conflicts: Counter
+    retries: Counter
+    latency: Histogram
+    batch: Histogram
+    buffered: Gauge
+    last_flush: Gauge
+    in_retry: Gauge
+    python_path: Counter
+    dead: dict[str, Counter] = field(default_factory=dict)
+    lag: dict[int, Gauge] = field(default_factory=dict)
+
+
+class Metrics:
+    """The ingester's metrics in a registry of their own.
+
+    ``process_metrics`` adds the standard ``process_*`` / ``python_info`` collectors (CPU,
+    memory, open files) that dashboards expect from a production process; tests may leave
+    them on, since each instance has a separate registry.
+    """
+
+    def __init__(self, *, namespace: str = "ingest", process_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        kw: _Common = {"namespace": namespace, "registry": self.registry}
+        stream = ["stream"]
+        self._consumed = Counter("records_consumed", "Records read from Kafka.", stream, **kw)
+        self._indexed = Counter(
+            "records_indexed", "Documents created or updated in the search index.", stream, **kw
+        )
+        self._deleted = Counter("records_deleted", "Tombstones applied as deletes.", stream, **kw)
+        self._dead = Counter(
+            "records_dead_lettered",
+            "Records sent to the dead-letter store, by the pipeline stage that refused them.",
+            ["stream", "stage"],
+            **kw,
+        )
+        self._conflicts = Counter(
+            "conflicts",
+            "Version conflicts (409): the index already holds this or a newer version.",
+            stream,
+            **kw,
+        )
+        self._retries = Counter("retries", "Retry attempts after transient failures.", stream, **kw)
+        self._latency = Histogram(
+            "bulk_latency_seconds",
+            "Wall time of one flush's bulk write, retries included.",
+            stream,
+            buckets=LATENCY_BUCKETS_S,
+            **kw,
+        )
+        self._batch = Histogram(
+            "batch_size_records", "Records per flushed batch.", stream, buckets=BATCH_BUCKETS, **kw
+        )
+        self._lag = Gauge(
+            "lag_records",
+            "High watermark minus the next offset to read, per partition.",
+            ["stream", "partition"],
+            **kw,
+        )
+        self._buffered = Gauge(
+            "buffered_bytes",
+            "Bytes of fetched records held in memory, not yet flushed.",
+            stream,
+            **kw,
+        )
+        self._last_flush = Gauge(
+            "last_flush_timestamp_seconds",
+            "Unix time of the last successful flush.",
+            stream,
+            **kw,
+        )
+        self._in_retry = Gauge(
+            "in_retry", "1 while a transient failure is being retried, else 0.", stream, **kw
+        )
+        self._python_path = Counter(
+            "records_python_path",
+            "Records the native transcoder left to the Python path: bad records, older writer"
+            " schemas, or every record while the stream's fast path is off.",
+            stream,
+            **kw,
+        )
+        self._fast_path = Gauge(
+            "fast_path",
+            "1 when the stream's records go through the native transcoder, 0 when it is off.",
+            stream,
+            **kw,
+        )
+        self._streams: dict[str, _StreamChildren] = {}
+        self._lock = threading.Lock()
+
+    def _children(self, stream: str) -> _StreamChildren:
+        children = self._streams.get(stream)
+        if children is None:
+            with self._lock:
+                children = self._streams.get(stream)
+                if children is None:
+                    children = _StreamChildren(
+                        consumed=self._consumed.labels(stream),
+                        indexed=self._indexed.labels(stream),
+                        deleted=self._deleted.labels(stream),
+                        conflicts=self._conflicts.labels(stream),
+                        retries=self._retries.labels(stream),
+                        latency=self._latency.labels(stream),
+                        batch=self._batch.labels(stream),
+                        buffered=self._buffered.labels(stream),
+                        last_flush=self._last_flush.labels(stream),
+                        in_retry=self._in_retry.labels(stream),
+                        python_path=self._python_path.labels(stream),
+                    )
+                    self._streams[stream] = children
+        return children
+
+    def register_stream(self, stream: str) -> None:
+        """Create the stream's series at zero, so dashboards and ``rate()`` see them at start."""
+        self._children(stream)
+
+    def fast_path(self, stream: str, on: bool) -> None:
+        """Whether ``stream``'s processor has the native fast path (set once at start)."""
+        self._fast_path.labels(stream).set(1 if on else 0)
+
+    def consumed(self, stream: str, n: int) -> None:
+        """``n`` records were read from Kafka (called per fetched batch; cheap)."""
+        self._children(stream).consumed.inc(n)
+
+    def flushed(
+        self,
+        stream: str,
+        *,
+        indexed: int = 0,
+        deleted: int = 0,
+        conflicts: int = 0,
+        dead: Mapping[str, int] | None = None,
+        batch_records: int,
+        took_s: float,
+        at: float | None = None,
+        python_path: int = 0,
+    ) -> None:
+        """A batch was written and recorded; also ends any retry state of the stream.
+
+        ``dead`` maps a pipeline stage (``RecordError.stage``) to how many records of the
+        batch were dead-lettered there. ``at`` is the unix time of the flush (now if omitted).
+        ``python_path``: records of the batch the native transcoder did not take.
+        """
+        c = self._children(stream)
+        if indexed:
+            c.indexed.inc(indexed)
+        if deleted:
+            c.deleted.inc(deleted)
+        if conflicts:
+            c.conflicts.inc(conflicts)
+        if python_path:
+            c.python_path.inc(python_path)
+        if dead:
+            for stage, n in dead.items():
+                if n:
+                    self._dead_child(stream, c, stage).inc(n)
+        c.batch.observe(batch_records)
+        c.latency.observe(took_s)
+        c.last_flush.set(time.time() if at is None else at)
+        c.in_retry.set(0)
+
+    def _dead_child(self, stream: str, c: _StreamChildren, stage: str) -> Counter:
+        child = c.dead.get(stage)
+        if child is None:
+            child = c.dead[stage] = self._dead.labels(stream, stage)
+        return child
+
+    def retry(self, stream: str) -> None:
+        """One retry attempt after a transient failure; the stream counts as in retry until
+        the next :meth:`flushed` or :meth:`retry_ended`."""
+        c = self._children(stream)
+        c.retries.inc()
+        c.in_retry.set(1)
+
+    def retry_ended(self, stream: str) -> None:
+        """The retry loop finished without a flush (e.g. shutdown); clears ``in_retry``."""
+        self._children(stream).in_retry.set(0)
+
+    def lag(self, stream: str, partition: int, n: int) -> None:
+        """Records between the next offset to read and the partition's high watermark."""
+        c = self._children(stream)
+        child = c.lag.get(partition)
+        if child is None:
+            child = c.lag[partition] = self._lag.labels(stream, str(partition))
+        child.set(n)
+
+    def forget_partition(self, stream: str, partition: int) -> None:
+        """Drop the lag series of a revoked partition, so another member's report is not
+        shadowed by a stale value from this one."""
+        c = self._children(stream)
+        if c.lag.pop(partition, None) is not None:
+            self._lag.remove(stream, str(partition))
+
+    def buffered(self, stream: str, n_bytes: int) -> None:
+        """Bytes currently held in memory for the stream (set, not added)."""
+        self._children(stream).buffered.set(n_bytes)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (see :data:`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """One sample's current value by full name (``ingest_records_indexed_total``), or
+        None; for tests and the status command, not the hot path."""
+        return self.registry.get_sample_value(name, dict(labels or {}))

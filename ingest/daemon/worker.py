@@ -1,0 +1,310 @@
+"""One stream's consumer loop (a thread of the ``ingest run`` daemon, see supervisor).
+
+Each worker is a consumer-group member for its stream's topic. Scale-out is the group's
+job: start more processes, on more machines, with the same group id.
+
+The loop per worker::
+
+    poll (bounded by the linger time left) -> process into the batch -> flush when due
+    flush = sink write -> ledger transaction (offsets fenced by generation, dead letters,
+            counters) -> Kafka commit (for lag tools)
+
+On assignment the worker claims the partitions in the ledger (bumping their generation) and
+seeks to the ledger's offsets. On revocation it flushes and commits before giving the
+partitions up; on loss it drops what it buffered for them. A FencedError (another process
+owns a partition now) drops the buffer and rejoins the group. While the sink retries, the
+loop does not poll, so nothing new is buffered; librdkafka's prefetch queue is bounded by
+configuration. Transient failures past ``max_retry_s`` end the process non-zero with nothing
+committed, for a supervisor to restart.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+import structlog
+
+from ingest.daemon.health import Health
+from ingest.daemon.metrics import Metrics
+from ingest.errors import FencedError, IngestError, TransientError
+from ingest.kafka.config import consumer_config
+from ingest.kafka.consumer import KafkaSource
+from ingest.ledger import OffsetCommit
+from ingest.pipeline.batch import Batch, FlushPolicy
+from ingest.pipeline.wiring import Components, build_pipeline
+from ingest.retry import RetryEvent, retrying
+from ingest.search.indices import IndexRouter, ensure_live_index
+from ingest.settings import Settings, StreamSettings, group_id_for
+
+log = structlog.get_logger(__name__)
+
+
+class StreamWorker:
+    """Consumes one stream until ``stop`` is set; see the module docstring for the loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stream: StreamSettings,
+        *,
+        components: Components,
+        stop: threading.Event,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.group = group_id_for(settings, stream)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{stream.name}"
+        self._ledger = components.ledger
+        self._search = components.search
+        self._stop = stop
+        self._metrics = metrics
+        self._health = health
+        self._policy = FlushPolicy(
+            max_records=stream.max_batch_records,
+            max_bytes=min(stream.max_batch_bytes, settings.runtime.max_buffered_bytes),
+            linger_s=stream.linger_s,
+        )
+        pipeline = build_pipeline(components, stream, on_retry=self._on_retry)
+        self._processor = pipeline.processor
+        if metrics:
+            metrics.fast_path(stream.name, self._processor.fast_path_on)
+        self._writer = pipeline.writer
+        self._router = IndexRouter(stream, components.ledger)
+        self._catalog = components.catalog
+        self._batch = Batch()
+        self._generations: dict[int, int] = {}
+        self._source: KafkaSource | None = None
+        #: Cumulative flush counters of this worker (the ledger run row adds the same).
+        self.totals: Counter[str] = Counter()
+        self._summarised = 0
+        self._retry_ledger = retrying(
+            max_total_s=settings.runtime.max_retry_s, on_retry=self._on_retry, what="ledger"
+        )
+        self.run_id: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Blocks until stop is set (then flushes and leaves the group) or a fatal error."""
+        ensure_live_index(self._search, self._ledger, self.stream, self._catalog)
+        self.run_id = self._ledger.start_run(
+            "stream",
+            self.stream.name,
+            {"group": self.group, "topic": self.stream.topic, "owner": self.owner},
+        )
+        self._writer.run_id = self.run_id
+        log.info("stream_started", stream=self.stream.name, group=self.group, run_id=self.run_id)
+        status, error = "failed", None
+        try:
+            self._loop()
+            status = "stopped"
+        except IngestError as exc:
+            error = str(exc)
+            raise
+        finally:
+            run_id = self.run_id
+            self._tolerate_outage(
+                "finish_run", lambda: self._ledger.finish_run(run_id, status, error=error)
+            )
+
+    def _new_source(self) -> KafkaSource:
+        conf = consumer_config(self.settings, self.group, **{"client.id": self.owner})
+        source = KafkaSource(
+            conf,
+            self.stream.topic,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        source.start()
+        return source
+
+    def _loop(self) -> None:
+        self._source = self._new_source()
+        clean = False
+        last_beat = last_summary = last_route = time.monotonic()
+        self._router.refresh()
+        rt = self.settings.runtime
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if self._health:
+                    self._health.beat(now)
+                timeout = min(1.0, max(0.05, self._batch.time_left_s(self._policy, now)))
+                room = self._policy.max_records - self._batch.records
+                try:
+                    records = self._source.poll(room, timeout)
+                    now = time.monotonic()
+                    if records:
+                        self._processor.process(records, self._batch, now)
+                        if self._metrics:
+                            self._metrics.consumed(self.stream.name, len(records))
+                            self._metrics.buffered(self.stream.name, self._batch.size_bytes)
+                    if self._batch.is_due(self._policy, now):
+                        self._flush()
+                except FencedError as exc:
+                    self._rejoin(exc)
+                if now - last_route >= rt.index_poll_s:
+                    self._tolerate_outage("index_poll", self._router.refresh)
+                    last_route = now
+                if now - last_beat >= rt.heartbeat_s:
+                    self._tolerate_outage("heartbeat", self._heartbeat)
+                    last_beat = now
+                if now - last_summary >= rt.summary_every_s:
+                    self._summary(now - last_summary)
+                    last_summary = now
+            self._flush()
+            clean = True
+        finally:
+            # After a failure, leave without flushing again: the buffer stays uncommitted.
+            source, self._source = self._source, None
+            if not clean:
+                self._batch = Batch()
+            if source is not None:
+                source.close()
+        log.info("stream_stopped", stream=self.stream.name, **dict(self.totals))
+
+    def _tolerate_outage(self, what: str, call: Callable[[], None]) -> None:
+        """Periodic ledger calls skip a beat while PostgreSQL is unreachable; the flush's own
+        commit is the one that retries (and gives up after max_retry_s)."""
+        try:
+            call()
+        except TransientError as exc:
+            log.warning("ledger_unavailable", stream=self.stream.name, during=what, error=str(exc))
+
+    def _rejoin(self, exc: FencedError) -> None:
+        """Another process owns our partitions now: drop the buffer, leave, join again."""
+        log.warning("partition_fenced", stream=self.stream.name, error=str(exc))
+        self._batch = Batch()
+        self._generations.clear()
+        source, self._source = self._source, None
+        if source is not None:
+            source.close()
+        self._source = self._new_source()
+
+    # -- rebalance callbacks (run inside poll, on this thread) -------------------------------
+
+    def _on_assign(self, partitions: list[int]) -> Mapping[int, int | None]:
+        claims = self._retry_ledger(
+            self._ledger.claim_partitions, self.group, self.stream.topic, partitions, self.owner
+        )
+        positions: dict[int, int | None] = {}
+        for p, claim in claims.items():
+            self._generations[p] = claim.generation
+            positions[p] = claim.next_offset
+        return positions
+
+    def _on_revoke(self, partitions: list[int]) -> None:
+        if self._source is not None:
+            try:
+                self._flush()
+            except FencedError as exc:
+                log.warning("flush_on_revoke_fenced", error=str(exc))
+                self._batch = Batch()
+        for p in partitions:
+            self._generations.pop(p, None)
+
+    def _on_lost(self, partitions: list[int]) -> None:
+        self._batch.drop_partitions({(self.stream.topic, p) for p in partitions})
+        for p in partitions:
+            self._generations.pop(p, None)
+
+    # -- flushing -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if batch.is_empty():
+            return
+        next_offsets = {p: o for (_t, p), o in batch.next_offsets().items()}
+        missing = [p for p in next_offsets if p not in self._generations]
+        if missing:
+            raise FencedError(f"{self.stream.topic} partitions {missing} are no longer ours")
+        offsets = [
+            OffsetCommit(self.group, self.stream.topic, p, self._generations[p], o)
+            for p, o in next_offsets.items()
+        ]
+        targets = self._router.targets()
+        self._batch = Batch()
+        try:
+            outcome = self._writer.flush(batch, targets, offsets)
+        except FencedError:
+            raise
+        except BaseException:
+            self._batch = batch  # keep it: a graceful stop must not lose it silently
+            raise
+        self._router.note_flush(batch.first_offsets)
+        if self._source is not None:
+            self._source.commit(next_offsets)
+        self.totals.update(outcome.counters())
+        if self._health:
+            self._health.flushed(stream=self.stream.name)
+        if self._metrics:
+            self._metrics.flushed(
+                self.stream.name,
+                indexed=outcome.indexed,
+                deleted=outcome.deleted,
+                conflicts=outcome.conflicts,
+                dead=dict(outcome.dead_letters),
+                batch_records=outcome.records,
+                took_s=outcome.took_s,
+                python_path=outcome.python_path,
+            )
+            self._metrics.buffered(self.stream.name, 0)
+        log.debug(
+            "batch_flushed",
+            stream=self.stream.name,
+            records=outcome.records,
+            indexed=outcome.indexed,
+            dead=sum(outcome.dead_letters.values()),
+            took_s=round(outcome.took_s, 4),
+        )
+
+    def _on_retry(self, event: RetryEvent) -> None:
+        if self._health:
+            self._health.retry_started(event.started_at, stream=self.stream.name)
+        if self._metrics:
+            self._metrics.retry(self.stream.name)
+        log.warning(
+            "transient_failure_retry",
+            stream=self.stream.name,
+            attempt=event.attempt,
+            error=str(event.error),
+            wait_s=round(event.wait_s, 3),
+            elapsed_s=round(event.elapsed_s, 3),
+        )
+
+    # -- observability --------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        assert self.run_id is not None
+        # Flush counters are added in each ledger commit; the heartbeat carries gauges only.
+        gauges = {"dual_write_version": self._router.dual_write_version or 0}
+        if not self._ledger.heartbeat(self.run_id, gauges):
+            log.warning("run_marked_stale", run_id=self.run_id)
+        lag = self._source.lag() if self._source is not None else {}
+        if self._metrics:
+            for p, n in lag.items():
+                self._metrics.lag(self.stream.name, p, n)
+
+    def _summary(self, elapsed_s: float) -> None:
+        """The periodic throughput/lag line; rates are over the time since the last one."""
+        lag = self._source.lag() if self._source is not None else {}
+        consumed = self.totals["consumed"]
+        rate = (consumed - self._summarised) / elapsed_s if elapsed_s > 0 else 0.0
+        self._summarised = consumed
+        log.info(
+            "stream_progress",
+            stream=self.stream.name,
+            partitions=sorted(self._generations),
+            lag=sum(lag.values()),
+            records_per_s=round(rate, 1),
+            buffered_bytes=self._batch.size_bytes,
+            **dict(self.totals),
+        )

@@ -1,0 +1,4 @@
+"""One record's way from Kafka bytes to a bulk action.
+
+Processing, transform hooks, batching, and the wiring that builds the parts for a stream.
+"""

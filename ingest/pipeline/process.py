@@ -1,0 +1,227 @@
+"""The one code path from raw records to the index, shared by the daemon and the backfills.
+
+``RecordProcessor`` turns raw records into bulk actions or dead letters (decode + validate ->
+transform), appending to a :class:`~ingest.pipeline.batch.Batch`. ``BatchWriter`` flushes a batch in
+the one order that makes every write idempotent::
+
+    1. sink write      bulk-index the actions (409 = already applied; 400 = dead letter)
+    2. ledger commit   ONE PostgreSQL transaction: next offsets (fenced by generation)
+                       + dead letters + run counters
+    3. Kafka commit    by the caller, for lag tooling only; the ledger is the truth
+
+A crash before 2 replays the batch: external versions make the re-sent documents no-ops and
+dead letters are unique per record, so the index and the dead-letter store converge.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ingest.errors import OversizeError, RecordError, TombstoneError
+from ingest.pipeline.batch import Batch, newest_per_document
+from ingest.pipeline.transform import Transformer
+from ingest.settings import StreamSettings
+from ingest.types import DeadLetter, FastPath, IndexAction, RawRecord
+
+
+class Decoder(Protocol):
+    def decode(self, value: bytes) -> dict[str, Any]:
+        """The record in the reader schema's shape; a RecordError for bad input."""
+        ...
+
+
+
+class Sink(Protocol):
+    def write(self, actions: Sequence[IndexAction], targets: Sequence[str]) -> Any:
+        """Bulk-write; the result has indexed, deleted, conflicts, rejected, retries."""
+        ...
+
+
+class LedgerCommitter(Protocol):
+    def commit(
+        self,
+        offsets: Sequence[Any],
+        dead_letters: Sequence[DeadLetter],
+        run_id: int | None = None,
+        counters: Mapping[str, int] | None = None,
+        flush: tuple[str, int] | None = None,
+    ) -> None: ...
+
+
+DeadLetterPublisher = Callable[[Sequence[DeadLetter]], None]
+
+
+class RecordProcessor:
+    """Decode, validate and transform records of one stream into a batch.
+
+    ``fast`` (the native transcoder) turns a valid record straight into its action; a
+    record it does not accept takes the Python path, decode then transform, which also
+    names what is wrong with a bad one. Either way records stay in offset order.
+    """
+
+    def __init__(
+        self,
+        stream: StreamSettings,
+        decoder: Decoder,
+        transformer: Transformer,
+        fast: FastPath | None = None,
+    ) -> None:
+        self.stream = stream
+        self._decoder = decoder
+        self._transformer = transformer
+        self._fast = fast
+        self._max_record_bytes = stream.max_record_bytes
+
+    @property
+    def fast_path_on(self) -> bool:
+        """True when valid records go through the native transcoder."""
+        return self._fast is not None
+
+    def process(self, records: Sequence[RawRecord], batch: Batch, now: float) -> None:
+        """Append an action or a dead letter for every record; never raises for bad records."""
+        fast = self._fast
+        max_record_bytes = self._max_record_bytes
+        for record in records:
+            batch.note(record, now)
+            value = record.value
+            if value is None:
+                self._tombstone(record, batch)
+            elif record.size_bytes > max_record_bytes:
+                self._dead(
+                    batch,
+                    record,
+                    OversizeError(
+                        "record is over the stream's size limit",
+                        detail={"bytes": record.size_bytes, "limit": max_record_bytes},
+                    ),
+                )
+            elif fast is not None and (parts := fast(value, record.key, record.offset)):
+                batch.add_action(IndexAction("index", parts[0], parts[1], parts[2], record))
+            else:
+                self._decode_and_transform(record, value, batch)
+
+    def _decode_and_transform(self, record: RawRecord, value: bytes, batch: Batch) -> None:
+        batch.python_path += 1
+        try:
+            action = self._transformer.to_action(self._decoder.decode(value), record)
+        except RecordError as exc:
+            self._dead(batch, record, exc)
+            return
+        if action is None:
+            batch.filtered += 1
+        else:
+            batch.add_action(action)
+
+    def _tombstone(self, record: RawRecord, batch: Batch) -> None:
+        mode = self.stream.tombstones
+        if mode == "ignore":
+            batch.filtered += 1
+        elif mode == "dead-letter":
+            self._dead(batch, record, TombstoneError("null value (tombstone) on this stream"))
+        else:
+            try:
+                batch.add_action(self._transformer.tombstone(record))
+            except RecordError as exc:
+                self._dead(batch, record, exc)
+
+    def _dead(self, batch: Batch, record: RawRecord, error: RecordError) -> None:
+        batch.add_dead_letter(DeadLetter(record, error.stage, str(error), self.stream.name))
+
+
+@dataclass(slots=True)
+class FlushOutcome:
+    """What one flush did, for counters, metrics and logs."""
+
+    records: int = 0
+    indexed: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+    filtered: int = 0
+    retries: int = 0
+    python_path: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    took_s: float = 0.0
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "consumed": self.records,
+            "indexed": self.indexed,
+            "deleted": self.deleted,
+            "conflicts": self.conflicts,
+            "filtered": self.filtered,
+            "retried": self.retries,
+            "dead_lettered": sum(self.dead_letters.values()),
+        }
+
+
+class BatchWriter:
+    """Flushes batches: sink write, then one ledger transaction (see module docstring)."""
+
+    def __init__(
+        self,
+        stream: StreamSettings,
+        sink: Sink,
+        ledger: LedgerCommitter,
+        *,
+        run_id: int | None = None,
+        publish_dead_letters: DeadLetterPublisher | None = None,
+        retry: Callable[..., Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self._sink = sink
+        self._ledger = ledger
+        self.run_id = run_id
+        self._publish = publish_dead_letters
+        #: Runs the ledger commit, retrying TransientErrors (PostgreSQL unreachable for a
+        #: while): ``retry(fn, *args)``. Re-running a commit that did land is harmless:
+        #: offsets only move forward, dead letters are unique per record, and the run's
+        #: counters take each (writer, flush number) once.
+        self._retry = retry
+        self._clock = clock
+        self._writer_id = uuid.uuid4().hex
+        self._flushes = 0
+
+    def flush(
+        self, batch: Batch, targets: Sequence[str], offsets: Sequence[Any] = ()
+    ) -> FlushOutcome:
+        """Write ``batch`` to ``targets`` and commit ``offsets`` with its dead letters.
+
+        Blocks through the sink's retries; raises RetriesExhausted (nothing committed) when
+        they run out and FencedError when another process owns a partition now.
+        """
+        started = self._clock()
+        outcome = FlushOutcome(
+            records=batch.records, filtered=batch.filtered, python_path=batch.python_path
+        )
+        dead = list(batch.dead_letters)
+        actions = newest_per_document(batch.actions)
+        if actions:
+            result = self._sink.write(actions, targets)
+            outcome.indexed = result.indexed
+            outcome.deleted = result.deleted
+            outcome.conflicts = result.conflicts + (len(batch.actions) - len(actions))
+            outcome.retries = result.retries
+            dead += [
+                DeadLetter(action.record, "index", f"index: {reason}", self.stream.name)
+                for action, reason in result.rejected
+            ]
+        outcome.dead_letters.update(d.stage for d in dead)
+        if dead and self._publish is not None:
+            self._publish(dead)
+        self._flushes += 1
+        commit_args = (offsets, dead, self.run_id, outcome.counters(), self._flush_mark())
+        if self._retry is None:
+            self._ledger.commit(*commit_args)
+        else:
+            self._retry(self._ledger.commit, *commit_args)
+        outcome.took_s = self._clock() - started
+        return outcome
+
+    def _flush_mark(self) -> tuple[str, int]:
+        return (self._writer_id, self._flushes)

@@ -1,0 +1,122 @@
+"""Versioned indices behind an alias, and where the daemon writes.
+
+Each stream's alias points at a physical index ``<alias>-v<N>`` created from the mapping
+derived from the stream's reader schema plus per-stream overrides. The first start creates
+v1 and the alias; the ledger's index-versions table tracks every version and its state.
+
+While a reindex builds v(N+1) (ledger state ``building``) the router makes running daemons
+write every batch to both the live alias and the new index, and records per partition the
+first offset so dual-written (the handoff) for the backfill that fills the new index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from ingest.avro.catalog import SchemaCatalog
+from ingest.ledger import PostgresLedger
+from ingest.search.client import SearchRequestError
+from ingest.search.mapping import index_definition
+from ingest.settings import StreamSettings
+
+log = structlog.get_logger(__name__)
+
+
+def physical_index_name(alias: str, version: int) -> str:
+    return f"{alias}-v{version}"
+
+
+def ensure_live_index(
+    client: Any, ledger: PostgresLedger, stream: StreamSettings, catalog: SchemaCatalog
+) -> str:
+    """Make sure the stream's alias exists with a write index; returns the live index name.
+
+    Safe when several daemons start at once: whoever loses the race to create the index
+    finds the alias in place.
+    """
+    alias = stream.alias
+    existing = client.get_alias(alias)
+    reader = catalog.latest(stream.subject)
+    if existing:
+        live = _write_index(existing)
+        if not any(v.index_name == live for v in ledger.index_versions(alias)):
+            version = _version_of(alias, live) or 1
+            ledger.add_index_version(alias, version, live, reader.fingerprint, "live")
+        return live
+    known = ledger.index_versions(alias)
+    version = max((int(v.version) for v in known), default=0) + 1
+    index = physical_index_name(alias, version)
+    try:
+        client.create_index(index, index_definition(reader, stream.index))
+    except SearchRequestError as exc:
+        # Another process (daemon or backfill worker) created it a moment ago: same index.
+        if exc.error_type != "resource_already_exists_exception":
+            raise
+    client.update_aliases([{"add": {"index": index, "alias": alias, "is_write_index": True}}])
+    ledger.add_index_version(alias, version, index, reader.fingerprint, "live")
+    log.info("index_created", alias=alias, index=index)
+    return index
+
+
+def _write_index(aliases: Mapping[str, Any]) -> str:
+    for index, info in aliases.items():
+        if isinstance(info, Mapping) and info.get("is_write_index"):
+            return index
+    return sorted(aliases)[-1]
+
+
+def _version_of(alias: str, index: str) -> int | None:
+    prefix = f"{alias}-v"
+    if index.startswith(prefix) and index[len(prefix) :].isdigit():
+        return int(index[len(prefix) :])
+    return None
+
+
+class IndexRouter:
+    """Targets of each flush: the alias, plus the index being built during a reindex."""
+
+    def __init__(self, stream: StreamSettings, ledger: PostgresLedger | None = None) -> None:
+        self.alias = stream.alias
+        self._ledger = ledger
+        self._building: tuple[int, str] | None = None
+        self._handed_off: set[int] = set()
+
+    @property
+    def dual_write_version(self) -> int | None:
+        return self._building[0] if self._building else None
+
+    def targets(self) -> list[str]:
+        if self._building is None:
+            return [self.alias]
+        return [self.alias, self._building[1]]
+
+    def refresh(self) -> None:
+        """Look in the ledger for a version being built; called every ``index_poll_s``."""
+        if self._ledger is None:
+            return
+        row = self._ledger.building_version(self.alias)
+        building = (int(row.version), str(row.index_name)) if row is not None else None
+        if building != self._building:
+            log.info(
+                "dual_write_changed",
+                alias=self.alias,
+                building=building[1] if building else None,
+            )
+            self._building = building
+            self._handed_off.clear()
+
+    def note_flush(self, first_offsets: Mapping[tuple[str, int], int]) -> None:
+        """Record the first dual-written offset of each partition not yet handed off."""
+        if self._building is None or self._ledger is None:
+            return
+        fresh = {
+            partition: offset
+            for (_topic, partition), offset in first_offsets.items()
+            if partition not in self._handed_off
+        }
+        if fresh:
+            self._ledger.set_handoff(self.alias, self._building[0], fresh)
+            self._handed_off.update(fresh)
