@@ -74,6 +74,9 @@ _RUN_KIND = re.compile(r"^[a-z][a-z_-]{0,62}$")
 
 Conn = psycopg.Connection[Any]
 
+#: One extra WHERE condition and the values for its placeholders, for ``_filters``.
+Condition = tuple[sql.Composable, Sequence[Any]]
+
 
 class PostgresLedger:
     """The ledger on one PostgreSQL database and schema; thread-safe.
@@ -384,23 +387,13 @@ class PostgresLedger:
         limit: int = 100,
     ) -> list[DeadLetterRow]:
         """Dead letters by id; ``since`` compares with ``last_seen_at``."""
-        clauses: list[sql.Composable] = []
-        values: list[Any] = []
-        if stream is not None:
-            clauses.append(sql.SQL("stream = %s"))
-            values.append(stream)
-        if stage is not None:
-            clauses.append(sql.SQL("stage = %s"))
-            values.append(stage)
-        if since is not None:
-            clauses.append(sql.SQL("last_seen_at >= %s"))
-            values.append(since)
-        if ids is not None:
-            clauses.append(sql.SQL("id = ANY(%s::bigint[])"))
-            values.append([int(i) for i in ids])
-        if not include_replayed:
-            clauses.append(sql.SQL("replayed_at IS NULL"))
-        where = sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
+        where, values = self._filters(
+            None if since is None else (sql.SQL("last_seen_at >= %s"), [since]),
+            None if ids is None else (sql.SQL("id = ANY(%s::bigint[])"), [[int(i) for i in ids]]),
+            None if include_replayed else (sql.SQL("replayed_at IS NULL"), []),
+            stream=stream,
+            stage=stage,
+        )
         query = sql.SQL("SELECT * FROM {} {} ORDER BY id LIMIT %s").format(
             self._table("dead_letters"), where
         )
@@ -674,15 +667,15 @@ class PostgresLedger:
         ``task_ids`` limits the reset to those chunks (``--force`` over one range). Running
         chunks are left alone (a live worker would overwrite the reset).
         """
-        where, values = self._filters(stream=stream, family=family)
-        only: sql.Composable = sql.SQL("")
-        if task_ids is not None:
-            only = sql.SQL(" AND task_id = ANY(%s)")
-            values = [*values, list(task_ids)]
+        where, values = self._filters(
+            (sql.SQL("status IN ('done', 'failed')"), []),
+            None if task_ids is None else (sql.SQL("task_id = ANY(%s)"), [list(task_ids)]),
+            stream=stream,
+            family=family,
+        )
         query = sql.SQL(
-            "UPDATE {} SET status = 'pending', finished_at = NULL, error = NULL"
-            " {} AND status IN ('done', 'failed'){}"
-        ).format(self._table("backfill_chunks"), where, only)
+            "UPDATE {} SET status = 'pending', finished_at = NULL, error = NULL {}"
+        ).format(self._table("backfill_chunks"), where)
         with self._conn("reset_chunks") as conn:
             count = conn.execute(query, values).rowcount
         log.info("ledger_chunks_reset", stream=stream, family=family, count=count)
@@ -743,11 +736,24 @@ class PostgresLedger:
             return cur.fetchall()
 
     @staticmethod
-    def _filters(**equal: str | None) -> tuple[sql.Composable, list[Any]]:
-        clauses = [
+    def _filters(
+        *conditions: Condition | None, **equal: str | None
+    ) -> tuple[sql.Composable, list[Any]]:
+        """The WHERE clause of every query with optional filters, and its values in order.
+
+        ``column = value`` for each ``equal`` value that is not None, then each condition
+        that is not None, all ANDed; ``WHERE true`` when nothing filters. Conditions carry
+        their own values because they need operators or casts other than ``=``.
+        """
+        clauses: list[sql.Composable] = [
             sql.SQL("{} = %s").format(sql.Identifier(k)) for k, v in equal.items() if v is not None
         ]
-        values = [v for v in equal.values() if v is not None]
+        values: list[Any] = [v for v in equal.values() if v is not None]
+        for condition in conditions:
+            if condition is not None:
+                clause, condition_values = condition
+                clauses.append(clause)
+                values.extend(condition_values)
         if not clauses:
             return sql.SQL("WHERE true"), []
         return sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses), values
