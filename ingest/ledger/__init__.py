@@ -1,7 +1,9 @@
 """The ledger: PostgreSQL state shared by the streaming daemon and the Luigi backfills.
 
 Import :class:`PostgresLedger` and the row types from here; the submodules are
-``postgres`` (the class), ``models`` (row dataclasses and their stored form) and
+``postgres`` (the class, composed of one module per record kind: ``offsets``, ``runs``,
+``dead_letters``, ``index_versions``, ``chunks``, over ``base``: connections, error
+translation, the WHERE builder), ``models`` (row dataclasses and their stored form) and
 ``migrator`` (versioned migrations and worker privileges).
 """
 
