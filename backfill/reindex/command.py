@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 import structlog
 
+from ingest.cli._common import config_option, fail_cleanly, load
 from ingest.errors import ConfigError, IngestError
 from ingest.settings import Settings
 
@@ -68,7 +68,7 @@ def reindex(settings: Settings, stream_name: str, options: ReindexOptions) -> Re
             reader = KafkaRangeReader(settings)
 
             def watermarks() -> Mapping[int, int]:
-                return reader.end_offsets(stream.topic, reader.partitions(stream.topic))
+                return reader.high_watermarks(stream.topic)
 
             machine = Reindexer(
                 settings=settings,
@@ -95,13 +95,7 @@ def reindex(settings: Settings, stream_name: str, options: ReindexOptions) -> Re
 
 
 @click.command("reindex")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TOML settings file (default: ./ingest.toml, or $INGEST_CONFIG).",
-)
+@config_option
 @click.option("--stream", "stream_name", required=True, help="Stream whose alias to rebuild.")
 @click.option(
     "--source",
@@ -147,6 +141,7 @@ def reindex(settings: Settings, stream_name: str, options: ReindexOptions) -> Re
 )
 @click.option("--pause-s", type=float, envvar="INGEST_REINDEX_PAUSE_S", default=600.0, hidden=True)
 @click.option("--log-level", default="INFO", show_default=True)
+@fail_cleanly
 def reindex_command(
     config_path: Path | None,
     stream_name: str,
@@ -165,11 +160,8 @@ def reindex_command(
 
     Resumable: re-run the same command after any failure or kill.
     """
-    from ingest.cli._common import EXIT_CONFIG, EXIT_RUNTIME, load
-
     if rollback and abort:
-        click.echo("error: --rollback and --abort exclude each other", err=True)
-        sys.exit(EXIT_CONFIG)
+        raise ConfigError("--rollback and --abort exclude each other")
     options = ReindexOptions(
         source=source,
         paths=tuple(paths),
@@ -181,13 +173,5 @@ def reindex_command(
         pause_at=pause_at or None,
         pause_s=pause_s,
     )
-    try:
-        settings = load(config_path, log_level=log_level)
-        result = reindex(settings, stream_name, options)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
-    except IngestError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_RUNTIME)
-    click.echo(result.summary())
+    settings = load(config_path, log_level=log_level)
+    click.echo(reindex(settings, stream_name, options).summary())

@@ -188,7 +188,7 @@ class Reindexer:
 
         live = self.ledger.live_version(self.alias)
         if live is None:
-            ensure_live_index(self.search, self.ledger, self.stream, self.catalog)  # type: ignore[arg-type]
+            ensure_live_index(self.search, self.ledger, self.stream, self.catalog)
             live = self.ledger.live_version(self.alias)
         if live is None:
             raise ReindexError(f"alias {self.alias!r} has no live version in the ledger")

@@ -10,11 +10,14 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ingest.errors import ConfigError, IngestError
+
+if TYPE_CHECKING:
+    from ingest.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,7 +52,7 @@ def config_option(func: F) -> F:
     )(func)
 
 
-def load(config_path: Path | None, *, log_level: str = "INFO") -> Any:
+def load(config_path: Path | None, *, log_level: str = "INFO") -> Settings:
     """Settings plus logging configured with the secrets they hold."""
     from ingest.logging import configure_logging
     from ingest.settings import load_settings

@@ -72,6 +72,10 @@ class KafkaRangeReader:
             raise ConfigError(f"topic {topic!r} does not exist on the broker")
         return sorted(meta.partitions)
 
+    def high_watermarks(self, topic: str) -> dict[int, int]:
+        """Every partition's high watermark (the next offset the broker will assign)."""
+        return self.end_offsets(topic, self.partitions(topic))
+
     def end_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         """Each partition's high watermark as seen by a real fetch.
 

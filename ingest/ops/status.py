@@ -401,5 +401,4 @@ class KafkaWatermarks:
         self._reader = KafkaRangeReader(settings, timeout_s=timeout_s)
 
     def __call__(self, topic: str) -> dict[int, int]:
-        partitions = self._reader.partitions(topic)
-        return self._reader.end_offsets(topic, partitions)
+        return self._reader.high_watermarks(topic)

@@ -35,7 +35,6 @@ class Decoder(Protocol):
         ...
 
 
-
 class Sink(Protocol):
     def write(self, actions: Sequence[IndexAction], targets: Sequence[str]) -> Any:
         """Bulk-write; the result has indexed, deleted, conflicts, rejected, retries."""

@@ -12,12 +12,12 @@ first offset so dual-written (the handoff) for the backfill that fills the new i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from ingest.avro.catalog import SchemaCatalog
-from ingest.ledger import PostgresLedger
+from ingest.ledger import IndexVersionRow, PostgresLedger
 from ingest.search.client import SearchRequestError
 from ingest.search.mapping import index_definition
 from ingest.settings import StreamSettings
@@ -25,12 +25,36 @@ from ingest.settings import StreamSettings
 log = structlog.get_logger(__name__)
 
 
+class IndexAdmin(Protocol):
+    """What creating the live index needs of :class:`~ingest.search.client.SearchClient`."""
+
+    def get_alias(self, alias: str) -> dict[str, dict[str, Any]]: ...
+    def create_index(self, name: str, body: Mapping[str, Any]) -> None: ...
+    def update_aliases(self, actions: list[dict[str, Any]]) -> None: ...
+
+
+class IndexVersionBook(Protocol):
+    """What creating the live index needs of :class:`~ingest.ledger.PostgresLedger`."""
+
+    def index_versions(self, alias: str) -> list[IndexVersionRow]: ...
+    def add_index_version(
+        self,
+        alias: str,
+        version: int,
+        index_name: str,
+        fingerprint: str,
+        state: str = "building",
+        *,
+        details: Mapping[str, Any] | None = None,
+    ) -> object: ...
+
+
 def physical_index_name(alias: str, version: int) -> str:
     return f"{alias}-v{version}"
 
 
 def ensure_live_index(
-    client: Any, ledger: PostgresLedger, stream: StreamSettings, catalog: SchemaCatalog
+    client: IndexAdmin, ledger: IndexVersionBook, stream: StreamSettings, catalog: SchemaCatalog
 ) -> str:
     """Make sure the stream's alias exists with a write index; returns the live index name.
 

@@ -103,9 +103,7 @@ def wait_for(
 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
-    stream = settings.streams[0]
-    reader = KafkaRangeReader(settings)
-    return reader.end_offsets(stream.topic, reader.partitions(stream.topic))
+    return KafkaRangeReader(settings).high_watermarks(settings.streams[0].topic)
 
 
 def ledger_offsets(settings: Settings) -> dict[int, int]:
