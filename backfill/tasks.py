@@ -58,8 +58,13 @@ from ingest.settings import Settings, StreamSettings
 PROGRESS_EVERY_S = 1.0
 
 
-class backfill(luigi.Config):  # noqa: N801 - luigi.cfg section name
+class BackfillConfig(luigi.Config):
     """The ``[backfill]`` luigi.cfg section: retry policy shared by every chunk task."""
+
+    @classmethod
+    def get_task_family(cls) -> str:
+        """Luigi names a config section after the class; this one's section is ``[backfill]``."""
+        return "backfill"
 
     retries = luigi.IntParameter(
         default=1, description="Times Luigi re-runs a failed chunk (after retry_delay)."
@@ -94,7 +99,7 @@ class ChunkTask(luigi.Task):
     @property
     def retry_count(self) -> int:
         """Failures before the scheduler disables the task: the first run plus the retries."""
-        return int(backfill().retries) + 1  # type: ignore[no-untyped-call]
+        return int(BackfillConfig().retries) + 1  # type: ignore[no-untyped-call]
 
     @property
     def size(self) -> int:
@@ -130,7 +135,7 @@ class ChunkTask(luigi.Task):
                 spec,
                 source,
                 run_id=self.run_id if self.run_id >= 0 else None,
-                lock_wait_s=float(backfill().lock_wait_s),  # type: ignore[no-untyped-call]
+                lock_wait_s=float(BackfillConfig().lock_wait_s),  # type: ignore[no-untyped-call]
                 on_progress=_LuigiProgress(self),
             )
 
