@@ -20,6 +20,7 @@ the record's external version and dead letters are unique per record.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -36,7 +37,7 @@ from backfill.kafka_range import KafkaChunkPlan
 from ingest.avro.catalog import SchemaVersion
 from ingest.errors import ConfigError, FatalError, IngestError, TransientError
 from ingest.kafka.ranges import KafkaRangeReader, OffsetRange
-from ingest.pipeline.batch import Batch
+from ingest.pipeline.batch import Batch, FlushPolicy
 from ingest.pipeline.process import BatchWriter, RecordProcessor
 from ingest.pipeline.wiring import Components, build_pipeline
 from ingest.retry import RetryEvent, retrying
@@ -297,18 +298,22 @@ class _ChunkCopy:
     def _pump(self, processor: RecordProcessor, writer: BatchWriter, targets: list[str]) -> None:
         """Read from ``self.position`` to the end, flushing full batches as they fill."""
         stream = self._stream
-        max_records = stream.max_batch_records
-        max_bytes = min(stream.max_batch_bytes, self._settings.runtime.max_buffered_bytes)
+        # A backfill reads as fast as it can: batches close on size alone, never on time.
+        policy = FlushPolicy(
+            max_records=stream.max_batch_records,
+            max_bytes=min(stream.max_batch_bytes, self._settings.runtime.max_buffered_bytes),
+            linger_s=math.inf,
+        )
         batch = Batch()
         skipped = 0
         next_position = self.position
-        for records in self._source.read(self.position, max_records):
+        for records in self._source.read(self.position, policy.max_records):
             kept = [r for r in records if self._source.keep(r)]
             skipped += len(records) - len(kept)
             if kept:
                 processor.process(kept, batch, time.monotonic())
             next_position = records[-1].offset + 1
-            if batch.records >= max_records or batch.size_bytes >= max_bytes:
+            if batch.is_due(policy, time.monotonic()):
                 self._flush(writer, targets, batch, skipped, next_position)
                 batch, skipped = Batch(), 0
         self._flush(writer, targets, batch, skipped, next_position)
