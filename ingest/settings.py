@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -97,7 +98,11 @@ class KafkaSettings(_Frozen):
 
 
 class SearchSettings(_Frozen):
+    """Where the search cluster is and how to reach it (see :attr:`urls`)."""
+
     url: str = "http://127.0.0.1:9200"
+    #: Several nodes of one cluster: requests spread over the healthy ones. Excludes ``url``.
+    hosts: tuple[str, ...] | None = None
     #: ``auto`` asks ``GET /`` for ``version.distribution``.
     kind: Literal["auto", "elasticsearch", "opensearch"] = "auto"
     username: str | None = None
@@ -106,7 +111,58 @@ class SearchSettings(_Frozen):
     bearer_token: SecretStr | None = None
     ca_file: Path | None = None
     verify_certs: bool = True
+    #: Client-certificate authentication (PEM); the key may be in the certificate file.
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    client_key_password: SecretStr | None = None
+    #: ``http(s)://[user:password@]host:port`` of a forwarding proxy; a secret (credentials).
+    proxy_url: SecretStr | None = None
+    #: ``gzip`` compresses bulk bodies (``Content-Encoding: gzip``): worth it on slow links.
+    compression: Literal["none", "gzip"] = "none"
     request_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        """``INGEST_SEARCH_HOSTS`` arrives as one comma-separated string."""
+        if isinstance(v, str):
+            return tuple(part.strip() for part in v.split(",") if part.strip())
+        return v
+
+    @model_validator(mode="after")
+    def _check_reach(self) -> SearchSettings:
+        if self.hosts is not None:
+            if "url" in self.model_fields_set:
+                raise ValueError("give url or hosts, not both")
+            if not self.hosts:
+                raise ValueError("hosts is empty")
+        schemes = {_http_url_scheme(u, "hosts" if self.hosts else "url") for u in self.urls}
+        if len(schemes) > 1:
+            raise ValueError("hosts mixes http:// and https:// URLs")
+        if self.client_key_file is not None and self.client_cert_file is None:
+            raise ValueError("client_key_file needs client_cert_file")
+        if self.client_cert_file is not None and schemes != {"https"}:
+            raise ValueError("client_cert_file needs https:// URLs")
+        if self.proxy_url is not None:
+            _http_url_scheme(self.proxy_url.get_secret_value(), "proxy_url")
+        return self
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every configured node URL: ``hosts``, else the single ``url``."""
+        return self.hosts if self.hosts is not None else (self.url,)
+
+
+def _http_url_scheme(url: str, key: str) -> str:
+    """The scheme of an ``http(s)://host[:port]`` URL; ValueError naming ``key`` otherwise."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key}: {redact_dsn(url)!r} is not an http:// or https:// URL")
+    return parts.scheme
 
 
 class LedgerSettings(_Frozen):
@@ -151,7 +207,44 @@ class StreamSettings(_Frozen):
     linger_s: float = Field(default=0.5, gt=0)
     max_record_bytes: int = Field(default=1024 * 1024, ge=16)
     dead_letter_topic: str | None = None
+    #: Ingest pipeline every index action of this stream names (``pipeline`` in the action).
+    pipeline: str | None = None
+    #: Record field whose value becomes every action's ``_routing`` (deletes included).
+    routing_field: str | None = None
+    #: Kafka header carrying the routing value of a tombstone, which has no record fields.
+    routing_header: str | None = None
     index: IndexSettings = Field(default_factory=IndexSettings)
+
+    @model_validator(mode="after")
+    def _routing_of_deletes(self) -> StreamSettings:
+        """A delete routed elsewhere than its document deletes nothing, and says so quietly.
+
+        The server answers ``not_found`` for a delete sent to the wrong shard, which is
+        indistinguishable from deleting a document that never existed, and the document stays.
+        So a tombstone must know its routing: either the routing field is the id field (the
+        tombstone's key is the id, hence the routing) or the producer puts it in a header.
+        """
+        if self.routing_header is not None and self.routing_field is None:
+            raise ValueError("routing_header needs routing_field")
+        if (
+            self.routing_field is not None
+            and self.tombstones == "delete"
+            and self.routing_field != self.id_field
+            and self.routing_header is None
+        ):
+            raise ValueError(
+                f"routing_field {self.routing_field!r} with tombstones = 'delete' needs"
+                " routing_header (a tombstone has no fields to route by) or routing_field ="
+                " id_field"
+            )
+        return self
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline(cls, v: str | None) -> str | None:
+        if v is not None and (not v or v.strip() != v or "/" in v):
+            raise ValueError(f"invalid ingest pipeline name {v!r}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -233,10 +326,15 @@ class Settings(_Frozen):
                 self.search.password,
                 self.search.api_key,
                 self.search.bearer_token,
+                self.search.client_key_password,
                 self.schema_registry.password,
             )
             if s is not None and s.get_secret_value()
         ]
+        urls = list(self.search.urls)
+        if self.search.proxy_url is not None:
+            urls.append(self.search.proxy_url.get_secret_value())
+        found += [pw for pw in map(dsn_secret, urls) if pw]
         dsn_password = dsn_secret(self.ledger.dsn.get_secret_value())
         if dsn_password:
             found.append(dsn_password)
@@ -281,6 +379,12 @@ ENV_OVERRIDES: dict[str, str] = {
     "INGEST_KAFKA_GROUP_ID": "kafka.group_id",
     "INGEST_KAFKA_SESSION_TIMEOUT_MS": "kafka.session_timeout_ms",
     "INGEST_SEARCH_URL": "search.url",
+    "INGEST_SEARCH_HOSTS": "search.hosts",
+    "INGEST_SEARCH_PROXY_URL": "search.proxy_url",
+    "INGEST_SEARCH_COMPRESSION": "search.compression",
+    "INGEST_SEARCH_CLIENT_CERT_FILE": "search.client_cert_file",
+    "INGEST_SEARCH_CLIENT_KEY_FILE": "search.client_key_file",
+    "INGEST_SEARCH_CLIENT_KEY_PASSWORD": "search.client_key_password",
     "INGEST_SEARCH_KIND": "search.kind",
     "INGEST_SEARCH_USERNAME": "search.username",
     "INGEST_SEARCH_PASSWORD": "search.password",
@@ -301,6 +405,8 @@ _FILE_KEYS = {
     ("search", "password"),
     ("search", "api_key"),
     ("search", "bearer_token"),
+    ("search", "client_key_password"),
+    ("search", "proxy_url"),
     ("ledger", "dsn"),
     ("schema_registry", "password"),
 }

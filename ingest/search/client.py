@@ -16,13 +16,18 @@ Errors are translated at this boundary and nowhere else:
   ``reason``; 404 is the subclass :class:`SearchNotFoundError`, 401/403 :class:`SearchAuthError`.
 
 Client-level retries are switched off: the one retry policy lives in :mod:`ingest.retry`.
+Several hosts are the libraries' node pools, configured in :mod:`ingest.hostpool`; TLS, the
+proxy and the per-node bookkeeping live in :mod:`ingest.transport`. With ``compression =
+"gzip"`` bulk bodies are compressed here, at :data:`GZIP_LEVEL`, rather than by the libraries'
+own ``http_compress``, which uses level 9 (several times the CPU for a few percent fewer bytes).
 """
 
 from __future__ import annotations
 
+import gzip
 import importlib.metadata
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -30,7 +35,21 @@ import orjson
 import structlog
 
 from ingest.errors import ConfigError, IngestError, TransientError
+from ingest.hostpool import (
+    DEAD_HOST_BACKOFF_S,
+    MAX_DEAD_HOST_BACKOFF_S,
+    OPENSEARCH_TIMEOUT_CUTOFF,
+    HostStats,
+    host_label,
+)
 from ingest.settings import SearchSettings, redact_dsn
+from ingest.transport import (
+    OPENSEARCH_DEAD_STATUSES,
+    ProxyRoute,
+    elasticsearch_node_class,
+    opensearch_connection_class,
+    tls_context,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +62,9 @@ NDJSON = "application/x-ndjson"
 PROBE_TIMEOUT_S = 10.0
 #: Scroll contexts live this long between pages of :meth:`SearchClient.scan`.
 SCROLL_KEEPALIVE = "2m"
+#: zlib level for bulk bodies: level 1 keeps most of the size saving at a fraction of the CPU
+#: of the default 9 (measured by ``bench/compression.py``).
+GZIP_LEVEL = 1
 
 
 class SearchRequestError(IngestError):
@@ -135,21 +157,28 @@ class _Backend(Protocol):
 class _ElasticsearchBackend:
     """The official ``elasticsearch`` client (8.x or 9.x)."""
 
-    def __init__(self, settings: SearchSettings, compat_major: int | None) -> None:
+    def __init__(
+        self, settings: SearchSettings, compat_major: int | None, stats: HostStats
+    ) -> None:
         from elasticsearch import Elasticsearch
         from elasticsearch.serializer import OrjsonSerializer
 
+        ssl_context = tls_context(settings)
         self._es = Elasticsearch(
-            settings.url,
+            list(settings.urls),
             # orjson parses a 2,000-item bulk response several times faster than json
             serializers={JSON: OrjsonSerializer()},
             max_retries=0,
             retry_on_status=(),
             retry_on_timeout=False,
             request_timeout=settings.request_timeout_s,
-            **_es_auth(settings),
+            node_class=elasticsearch_node_class(stats, _proxy(settings, ssl_context)),
+            dead_node_backoff_factor=DEAD_HOST_BACKOFF_S,
+            max_dead_node_backoff=MAX_DEAD_HOST_BACKOFF_S,
+            **_es_auth(settings, ssl_context),
         )
         self._json, self._ndjson = _compat_media_types(compat_major)
+        self._gzip = settings.compression == "gzip"
 
     def request(
         self,
@@ -167,6 +196,8 @@ class _ElasticsearchBackend:
         headers = {"accept": self._json}
         if body is not None:
             headers["content-type"] = self._ndjson if ndjson else self._json
+            if self._gzip and isinstance(body, bytes):
+                body = _gzip(body, headers)
         client = self._es if timeout_s is None else self._es.options(request_timeout=timeout_s)
         try:
             resp = client.perform_request(method, path, params=params, headers=headers, body=body)
@@ -198,12 +229,24 @@ def _compat_media_types(compat_major: int | None) -> tuple[str, str]:
     )
 
 
-def _es_auth(settings: SearchSettings) -> dict[str, Any]:
-    kw: dict[str, Any] = {"verify_certs": settings.verify_certs}
-    if not settings.verify_certs:
-        kw["ssl_show_warn"] = False
-    if settings.ca_file is not None:
-        kw["ca_certs"] = str(settings.ca_file)
+def _gzip(body: bytes, headers: dict[str, str]) -> bytes:
+    """``body`` compressed, and the headers saying so (and accepting a compressed answer)."""
+    headers["content-encoding"] = "gzip"
+    headers["accept-encoding"] = "gzip"
+    return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def _proxy(settings: SearchSettings, ssl_context: Any) -> ProxyRoute | None:
+    if settings.proxy_url is None:
+        return None
+    return ProxyRoute(settings.proxy_url.get_secret_value(), ssl_context)
+
+
+def _es_auth(settings: SearchSettings, ssl_context: Any) -> dict[str, Any]:
+    # verify_certs also sets urllib3's cert_reqs, which overrides the context's verify mode
+    kw: dict[str, Any] = {"verify_certs": settings.verify_certs, "ssl_show_warn": False}
+    if ssl_context is not None:
+        kw["ssl_context"] = ssl_context
     if settings.username is not None:
         password = settings.password.get_secret_value() if settings.password else ""
         kw["basic_auth"] = (settings.username, password)
@@ -233,14 +276,15 @@ def _orjson_loads_serializer() -> Any:
 class _OpenSearchBackend:
     """``opensearch-py``; also used for the kind probe, since it checks no product header."""
 
-    def __init__(self, settings: SearchSettings) -> None:
+    def __init__(
+        self, settings: SearchSettings, stats: HostStats, urls: Sequence[str] | None = None
+    ) -> None:
         from opensearchpy import OpenSearch
 
-        kw: dict[str, Any] = {"verify_certs": settings.verify_certs}
-        if not settings.verify_certs:
-            kw["ssl_show_warn"] = False
-        if settings.ca_file is not None:
-            kw["ca_certs"] = str(settings.ca_file)
+        kw: dict[str, Any] = {}
+        ssl_context = tls_context(settings)
+        if ssl_context is not None:
+            kw["ssl_context"] = ssl_context
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password else ""
             kw["http_auth"] = (settings.username, password)
@@ -250,15 +294,20 @@ class _OpenSearchBackend:
         if settings.bearer_token is not None:
             headers["authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
         self._os = OpenSearch(
-            hosts=[settings.url],
+            hosts=list(urls or settings.urls),
             serializer=_orjson_loads_serializer()(),
+            # no client retries (max_retries=0): these only decide which failures rest a node
             max_retries=0,
-            retry_on_status=(),
-            retry_on_timeout=False,
+            retry_on_status=OPENSEARCH_DEAD_STATUSES,
+            retry_on_timeout=True,
             timeout=settings.request_timeout_s,
             headers=headers or None,
+            connection_class=opensearch_connection_class(stats, _proxy(settings, ssl_context)),
+            dead_timeout=DEAD_HOST_BACKOFF_S,
+            timeout_cutoff=OPENSEARCH_TIMEOUT_CUTOFF,
             **kw,
         )
+        self._gzip = settings.compression == "gzip"
 
     def request(
         self,
@@ -273,6 +322,8 @@ class _OpenSearchBackend:
         import opensearchpy
 
         headers = {"content-type": NDJSON} if ndjson else None
+        if headers is not None and self._gzip and isinstance(body, bytes):
+            body = _gzip(body, headers)
         try:
             return self._os.transport.perform_request(
                 method, path, params=params, body=body, headers=headers, timeout=timeout_s
@@ -306,10 +357,14 @@ class SearchClient:
     configured request timeout, and raises the errors named in the module docstring.
     """
 
-    def __init__(self, kind: Kind, backend: _Backend, url: str) -> None:
+    def __init__(
+        self, kind: Kind, backend: _Backend, url: str, hosts: HostStats | None = None
+    ) -> None:
         self.kind: Kind = kind
         self.url = url
         self._backend = backend
+        #: Each node's state and latency as the client sees them (for metrics).
+        self.hosts = hosts if hosts is not None else HostStats([url])
 
     def __repr__(self) -> str:
         return f"SearchClient(kind={self.kind!r}, url={self.url!r})"
@@ -519,56 +574,89 @@ def detect_kind(info: Mapping[str, Any]) -> Kind:
 
 
 def connect_search(settings: SearchSettings) -> SearchClient:
-    """Probe the server and return a client of the right kind.
+    """Probe the cluster and return a client of the right kind over every configured node.
 
-    Blocks for at most ``min(request_timeout_s, PROBE_TIMEOUT_S)``. Raises
-    :class:`~ingest.errors.ConfigError` (one line, URL without password) when the server is
-    unreachable, refuses the credentials or answers nonsense.
+    Asks the nodes ``GET /`` in turn until one answers, each bounded by
+    ``min(request_timeout_s, PROBE_TIMEOUT_S)``: start-up succeeds while any node answers
+    (those that did not are logged and left to the node pool). Raises
+    :class:`~ingest.errors.ConfigError` (one line, URLs without passwords) when none is
+    reachable, the credentials or the client certificate are refused, or the answer is
+    nonsense.
     """
-    url = redact_dsn(settings.url)
-    probe = _OpenSearchBackend(settings)
-    try:
-        info = probe.request("GET", "/", timeout_s=min(settings.request_timeout_s, PROBE_TIMEOUT_S))
-    except TransientError as exc:
-        probe.close()
-        raise ConfigError(
-            f"search server {url} is unreachable: {_one_line(exc, settings)}"
-        ) from None
-    except SearchAuthError as exc:
-        probe.close()
-        raise ConfigError(
-            f"search server {url} refused the credentials (HTTP {exc.status} {exc.error_type})"
-        ) from None
-    except IngestError as exc:
-        probe.close()
-        raise ConfigError(
-            f"search server {url} answered GET / with an error: {_one_line(exc, settings)}"
-        ) from None
-    if not isinstance(info, Mapping) or not isinstance(info.get("version"), Mapping):
-        probe.close()
-        raise ConfigError(f"search server {url} did not answer GET / like Elasticsearch/OpenSearch")
-
+    stats = HostStats(settings.urls)
+    info = _probe(settings, stats)
+    url = redact_dsn(", ".join(settings.urls))
     kind: Kind = detect_kind(info) if settings.kind == "auto" else settings.kind
     backend: _Backend
     if kind == "opensearch":
-        backend = probe
+        backend = _OpenSearchBackend(settings, stats)
     else:
-        probe.close()
-        backend = _ElasticsearchBackend(settings, _es_compat_major(info))
+        backend = _ElasticsearchBackend(settings, _es_compat_major(info), stats)
     log.info(
         "search_connected",
         url=url,
         kind=kind,
         detected=detect_kind(info),
         version=info["version"].get("number"),
+        hosts=len(settings.urls),
+        proxy=None
+        if settings.proxy_url is None
+        else host_label(settings.proxy_url.get_secret_value()),
+        compression=settings.compression,
     )
-    return SearchClient(kind, backend, url)
+    return SearchClient(kind, backend, url, stats)
+
+
+def _probe(settings: SearchSettings, stats: HostStats) -> Mapping[str, Any]:
+    """``GET /`` of the first node that answers; ConfigError when none does.
+
+    opensearch-py does the probe for both kinds, since it checks no product header.
+    """
+    unreachable: list[tuple[str, str]] = []
+    for node_url in settings.urls:
+        url = redact_dsn(node_url)
+        probe = _OpenSearchBackend(settings, stats, [node_url])
+        try:
+            info = probe.request(
+                "GET", "/", timeout_s=min(settings.request_timeout_s, PROBE_TIMEOUT_S)
+            )
+        except TransientError as exc:
+            unreachable.append((url, _one_line(exc, settings)))
+            log.warning(
+                "search_host_unreachable", host=host_label(node_url), error=unreachable[-1][1]
+            )
+            continue
+        except SearchAuthError as exc:
+            raise ConfigError(
+                f"search server {url} refused the credentials (HTTP {exc.status} {exc.error_type})"
+            ) from None
+        except IngestError as exc:
+            raise ConfigError(
+                f"search server {url} answered GET / with an error: {_one_line(exc, settings)}"
+            ) from None
+        finally:
+            probe.close()
+        if not isinstance(info, Mapping) or not isinstance(info.get("version"), Mapping):
+            raise ConfigError(
+                f"search server {url} did not answer GET / like Elasticsearch/OpenSearch"
+            )
+        return info
+    if len(unreachable) == 1:
+        url, reason = unreachable[0]
+        raise ConfigError(f"search server {url} is unreachable: {reason}")
+    reasons = "; ".join(f"{url}: {reason}" for url, reason in unreachable)
+    raise ConfigError(f"no search host is reachable: {reasons}"[:600])
 
 
 def _one_line(exc: BaseException, settings: SearchSettings) -> str:
     """An error message on one line with every configured secret removed."""
     text = redact_dsn(" ".join(str(exc).split()))
-    for secret in (settings.password, settings.api_key, settings.bearer_token):
+    for secret in (
+        settings.password,
+        settings.api_key,
+        settings.bearer_token,
+        settings.client_key_password,
+    ):
         if secret is not None and secret.get_secret_value():
             text = text.replace(secret.get_secret_value(), "***")
     return text[:300]
