@@ -36,13 +36,18 @@ class RawRecord:
 
 @dataclass(slots=True)
 class IndexAction:
-    """One bulk item: index ``body`` (JSON bytes) or delete, with an external version."""
+    """One bulk item: index ``body`` (JSON bytes) or delete, with an external version.
+
+    ``routing`` is the custom ``_routing`` of streams with a routing field (see
+    :mod:`ingest.routing`); ``None`` routes by ``_id``.
+    """
 
     op: Literal["index", "delete"]
     doc_id: str
     version: int
     body: bytes | None
     record: RawRecord
+    routing: str | None = None
 
 
 @dataclass(slots=True)

@@ -137,6 +137,8 @@ def hit_action(hit: Mapping[str, Any], source_index: str, n: int) -> IndexAction
         doc_id=doc_id,
         version=int(hit.get("_version", 1)),
         body=orjson.dumps(hit.get("_source") or {}),
+        # the document keeps its shard key; the ingest pipeline already ran on this _source
+        routing=hit.get("_routing"),
         record=RawRecord(
             topic=source_index,
             partition=0,

@@ -24,6 +24,10 @@ Every metric name starts with the namespace (``ingest_`` by default)::
     ingest_buffered_bytes{stream}                  bytes held in memory, not yet flushed
     ingest_last_flush_timestamp_seconds{stream}    unix time of the last successful flush
     ingest_in_retry{stream}                        1 while a transient failure is being retried
+    ingest_search_host_up{host}                    1 while the node is in its pool's rotation
+    ingest_search_host_latency_seconds{host}       wall time of each request to the node
+
+``host`` is ``scheme://host:port`` of a configured search node, never its credentials.
 """
 
 from __future__ import annotations
@@ -157,6 +161,20 @@ class Metrics:
             stream,
             **kw,
         )
+        self._host_up = Gauge(
+            "search_host_up",
+            "1 while the search node's last request was answered healthily (it stays in its"
+            " pool's rotation), 0 after a refused connection, a timeout or a 5xx (it rests).",
+            ["host"],
+            **kw,
+        )
+        self._host_latency = Histogram(
+            "search_host_latency_seconds",
+            "Wall time of one request to the search node, failures included.",
+            ["host"],
+            buckets=LATENCY_BUCKETS_S,
+            **kw,
+        )
         self._streams: dict[str, _StreamChildren] = {}
         self._lock = threading.Lock()
 
@@ -266,6 +284,15 @@ class Metrics:
     def buffered(self, stream: str, n_bytes: int) -> None:
         """Bytes currently held in memory for the stream (set, not added)."""
         self._children(stream).buffered.set(n_bytes)
+
+    def search_request(self, host: str, up: bool, took_s: float | None) -> None:
+        """A request to search node ``host`` ended (``took_s``), or its state was reported.
+
+        Shaped as a :data:`~ingest.hostpool.HostListener`: pass it to ``HostStats.watch``.
+        """
+        self._host_up.labels(host).set(1 if up else 0)
+        if took_s is not None:
+            self._host_latency.labels(host).observe(took_s)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (see :data:`CONTENT_TYPE`)."""

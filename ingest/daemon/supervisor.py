@@ -58,6 +58,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._handle_signal)
         signal.signal(signal.SIGINT, self._handle_signal)
         with open_components(self.settings) as components:
+            components.search.hosts.watch(self.metrics.search_request)
             check_topics(self.settings, self.streams)
             self.health.set_connected(True)
             server = None

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from ingest.errors import OversizeError, RecordError, TombstoneError
 from ingest.pipeline.batch import Batch, newest_per_document
 from ingest.pipeline.transform import Transformer
+from ingest.routing import routing_from_body
 from ingest.settings import StreamSettings
 from ingest.types import DeadLetter, FastPath, IndexAction, RawRecord
 
@@ -75,6 +76,10 @@ class RecordProcessor:
         self._transformer = transformer
         self._fast = fast
         self._max_record_bytes = stream.max_record_bytes
+        #: On the fast path a routing field other than the id is read back from the rendered
+        #: document (the transcoder yields id, version and body only).
+        self._route_body = stream.routing_field if stream.routing_field != stream.id_field else None
+        self._route_by_id = stream.routing_field is not None and self._route_body is None
 
     @property
     def fast_path_on(self) -> bool:
@@ -100,9 +105,22 @@ class RecordProcessor:
                     ),
                 )
             elif fast is not None and (parts := fast(value, record.key, record.offset)):
-                batch.add_action(IndexAction("index", parts[0], parts[1], parts[2], record))
+                if self._route_body is None and not self._route_by_id:
+                    batch.add_action(IndexAction("index", parts[0], parts[1], parts[2], record))
+                else:
+                    self._fast_routed(parts, record, value, batch)
             else:
                 self._decode_and_transform(record, value, batch)
+
+    def _fast_routed(
+        self, parts: tuple[str, int, bytes], record: RawRecord, value: bytes, batch: Batch
+    ) -> None:
+        doc_id, version, body = parts
+        routing = doc_id if self._route_by_id else routing_from_body(body, self._route_body or "")
+        if routing is None:  # the Python path names what is wrong in the dead letter
+            self._decode_and_transform(record, value, batch)
+        else:
+            batch.add_action(IndexAction("index", doc_id, version, body, record, routing))
 
     def _decode_and_transform(self, record: RawRecord, value: bytes, batch: Batch) -> None:
         batch.python_path += 1

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ingest.errors import ConfigError, TransformError
+from ingest.routing import routing_value
 from ingest.settings import StreamSettings
 from ingest.types import IndexAction, RawRecord
 
@@ -82,6 +83,7 @@ class Transformer:
         self.stream = stream
         self._id_field = stream.id_field
         self._version_field = stream.version_field
+        self._routing_field = stream.routing_field
         self._hook = (
             hook
             if hook is not None
@@ -95,6 +97,7 @@ class Transformer:
         """
         doc_id = self._doc_id(doc, record)
         version = self._version(doc, record)
+        routing = self._routing(doc) if self._routing_field is not None else None
         if self._hook is not None:
             try:
                 shaped = self._hook(doc, record)
@@ -110,7 +113,7 @@ class Transformer:
             body = orjson.dumps(doc, default=_json_default, option=_DUMPS_OPTS)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise TransformError(f"document is not JSON-serializable: {exc}") from exc
-        return IndexAction("index", doc_id, version, body, record)
+        return IndexAction("index", doc_id, version, body, record, routing)
 
     def tombstone(self, record: RawRecord) -> IndexAction:
         """A delete for a null-valued record, keyed by the Kafka key, versioned by offset.
@@ -126,7 +129,34 @@ class Transformer:
         except UnicodeDecodeError as exc:
             raise TransformError("tombstone key is not UTF-8") from exc
         version = record.offset if self._version_field is None else record.timestamp_ms
-        return IndexAction("delete", doc_id, version, None, record)
+        routing = None if self._routing_field is None else self._tombstone_routing(record, doc_id)
+        return IndexAction("delete", doc_id, version, None, record, routing)
+
+    def _routing(self, doc: dict[str, Any]) -> str:
+        """The record's routing value (taken before the hook: it is a record field)."""
+        routing = routing_value(doc.get(self._routing_field or ""))
+        if routing is None:
+            raise TransformError(
+                "routing field is missing or empty", detail={"field": self._routing_field}
+            )
+        return routing
+
+    def _tombstone_routing(self, record: RawRecord, doc_id: str) -> str:
+        """The key when it is the routing value, else the routing header (see ingest.routing)."""
+        if self._routing_field == self._id_field:
+            return doc_id
+        header = self.stream.routing_header
+        values = [value for name, value in record.headers if name == header]
+        try:
+            routing = values[-1].decode() if values and values[-1] is not None else ""
+        except UnicodeDecodeError as exc:
+            raise TransformError("tombstone routing header is not UTF-8") from exc
+        if not routing:
+            raise TransformError(
+                "tombstone has no routing header, so it cannot name the document's shard",
+                detail={"header": header},
+            )
+        return routing
 
     def _doc_id(self, doc: dict[str, Any], record: RawRecord) -> str:
         if self._id_field is None:

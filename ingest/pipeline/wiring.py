@@ -17,13 +17,15 @@ import structlog
 from ingest.avro.catalog import SchemaCatalog
 from ingest.avro.codec import AvroCodec
 from ingest.avro.transcode import fast_path_for
+from ingest.errors import ConfigError
 from ingest.kafka.deadletters import DeadLetterTopic
 from ingest.ledger import PostgresLedger
 from ingest.pipeline.process import BatchWriter, DeadLetterPublisher, RecordProcessor
 from ingest.pipeline.transform import Transformer, load_hook
 from ingest.retry import OnRetry, retrying
+from ingest.routing import schema_problem
 from ingest.search.bulk import BulkSink
-from ingest.search.client import SearchClient, connect_search
+from ingest.search.client import SearchClient, check_pipeline, connect_search
 from ingest.settings import Settings, StreamSettings
 from ingest.types import DeadLetter
 
@@ -47,14 +49,28 @@ def open_components(settings: Settings) -> Iterator[Components]:
     """Catalog, migrated ledger and search client; closed on exit."""
     catalog = SchemaCatalog.load(settings.schemas_dir)
     for stream in settings.streams:
-        catalog.latest(stream.subject)
+        latest = catalog.latest(stream.subject)
         if stream.transform:
             load_hook(stream.transform)  # a missing hook is a config error, at start
+        if stream.routing_field is not None:
+            problem = schema_problem(latest.raw, stream.routing_field)
+            if problem is not None:
+                raise ConfigError(
+                    f"stream {stream.name}: routing_field {stream.routing_field!r} {problem}"
+                )
     ledger = PostgresLedger.from_settings(settings.ledger)
     try:
         ledger.migrate()
         client = connect_search(settings.search)
     except BaseException:
+        ledger.close()
+        raise
+    try:
+        for stream in settings.streams:
+            if stream.pipeline is not None:
+                check_pipeline(client, stream.name, stream.pipeline)
+    except BaseException:
+        client.close()
         ledger.close()
         raise
     components = Components(settings, catalog, ledger, client)
@@ -83,7 +99,12 @@ def build_pipeline(
     """The one pipeline for ``stream``: codec -> transform -> bulk sink -> ledger."""
     settings = components.settings
     codec = AvroCodec.for_stream(settings, stream, components.catalog, decimals_as_float=True)
-    sink = BulkSink(components.search, max_retry_s=settings.runtime.max_retry_s, on_retry=on_retry)
+    sink = BulkSink(
+        components.search,
+        max_retry_s=settings.runtime.max_retry_s,
+        on_retry=on_retry,
+        pipeline=stream.pipeline,
+    )
     writer = BatchWriter(
         stream,
         sink,

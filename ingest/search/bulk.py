@@ -149,18 +149,23 @@ def _check_body(action: IndexAction) -> str | None:
     return None
 
 
-def action_lines(action: IndexAction, target: str) -> bytes:
-    """The NDJSON lines of one action for one target: header, and the body for an index."""
-    header = orjson.dumps(
-        {
-            action.op: {
-                "_index": target,
-                "_id": action.doc_id,
-                "version": action.version,
-                "version_type": "external",
-            }
-        }
-    )
+def action_lines(action: IndexAction, target: str, pipeline: str | None = None) -> bytes:
+    """The NDJSON lines of one action for one target: header, and the body for an index.
+
+    The header names the action's ``routing`` when it has one, and ``pipeline`` (an ingest
+    pipeline) on index actions when given.
+    """
+    meta: dict[str, object] = {
+        "_index": target,
+        "_id": action.doc_id,
+        "version": action.version,
+        "version_type": "external",
+    }
+    if action.routing is not None:
+        meta["routing"] = action.routing
+    if pipeline is not None and action.op == "index":
+        meta["pipeline"] = pipeline
+    header = orjson.dumps({action.op: meta})
     if action.op == "delete":
         return header + b"\n"
     assert action.body is not None  # check_action ran first
@@ -206,10 +211,13 @@ class BulkSink:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         on_retry: OnRetry | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        pipeline: str | None = None,
     ) -> None:
         if max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be at least 1024")
         self._client = client
+        #: Ingest pipeline named on every index action (the stream's ``pipeline``).
+        self._pipeline = pipeline
         self._max_retry_s = max_retry_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -239,7 +247,7 @@ class BulkSink:
                 state.reject(no, problem)
                 continue
             for target in targets:
-                state.items.append(_Item(no, target, action_lines(action, target)))
+                state.items.append(_Item(no, target, action_lines(action, target, self._pipeline)))
         state.pending = list(range(len(state.items)))
 
         def on_retry(event: RetryEvent) -> None:

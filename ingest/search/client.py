@@ -660,3 +660,21 @@ def _one_line(exc: BaseException, settings: SearchSettings) -> str:
         if secret is not None and secret.get_secret_value():
             text = text.replace(secret.get_secret_value(), "***")
     return text[:300]
+
+
+def check_pipeline(client: SearchClient, stream: str, pipeline: str) -> None:
+    """Refuse to start a stream whose ingest pipeline is missing from the cluster.
+
+    Otherwise every index action would come back 400 and every record be dead-lettered. A
+    cluster that will not say (the role lacks the ``read_pipeline`` privilege, or the
+    server has no pipeline API) is logged and trusted: the bulk items name a missing
+    pipeline anyway.
+    """
+    try:
+        client.request("GET", "/_ingest/pipeline/" + quote(pipeline, safe=""))
+    except SearchNotFoundError:
+        raise ConfigError(
+            f"stream {stream}: ingest pipeline {pipeline!r} does not exist on the search cluster"
+        ) from None
+    except IngestError as exc:
+        log.warning("ingest_pipeline_not_checked", stream=stream, pipeline=pipeline, error=str(exc))
