@@ -4,6 +4,11 @@ Both client libraries send requests through a node object per host (``elastic_tr
 ``Urllib3HttpNode``, ``opensearch-py``'s ``Urllib3HttpConnection``) holding a urllib3 pool.
 The classes built here subclass those so that, whichever library is in use:
 
+- with ``gzip_bulk``, bulk (NDJSON) bodies are gzip-compressed at :data:`GZIP_LEVEL` and
+  sent with ``Content-Encoding: gzip`` — here, after the library's serializer, which would
+  otherwise append a newline to compressed bytes; not through the libraries' own
+  ``http_compress``, which uses zlib level 9 (several times the CPU for a few percent fewer
+  bytes, see ``bench/compression.py``);
 - every request's outcome and duration is recorded in a :class:`~ingest.hostpool.HostStats`,
   with the same rule the library's pool uses to keep or rest the node;
 - with ``proxy_url``, the pool is replaced by one going through the proxy: absolute-form
@@ -18,8 +23,10 @@ fails at start with one line instead of at the first request.
 
 from __future__ import annotations
 
+import gzip
 import ssl
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -32,6 +39,24 @@ from ingest.settings import SearchSettings
 #: Statuses after which ``opensearch-py`` rests a node (it needs telling; elastic_transport
 #: rests a node on any status outside 2xx and its short list of "the node is fine" answers).
 OPENSEARCH_DEAD_STATUSES = frozenset({429, *range(500, 600)})
+#: zlib level for bulk bodies: level 1 keeps most of the size saving at a fraction of the
+#: CPU of level 9 (measured by ``bench/compression.py``).
+GZIP_LEVEL = 1
+
+
+def gzip_ndjson(
+    body: bytes | None, headers: Mapping[str, str] | None
+) -> tuple[bytes | None, Mapping[str, str] | None]:
+    """A bulk (NDJSON) body gzip-compressed and its headers saying so; anything else as is.
+
+    Also asks for a compressed answer: a bulk response is about as large as its request.
+    """
+    if not body or headers is None:
+        return body, headers
+    if "ndjson" not in next((v for k, v in headers.items() if k.lower() == "content-type"), ""):
+        return body, headers
+    compressed = {**headers, "content-encoding": "gzip", "accept-encoding": "gzip"}
+    return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0), compressed
 
 
 def tls_context(settings: SearchSettings) -> ssl.SSLContext | None:
@@ -126,7 +151,9 @@ class _ProxiedPool:
         self._manager.clear()
 
 
-def elasticsearch_node_class(stats: HostStats, proxy: ProxyRoute | None) -> type[Any]:
+def elasticsearch_node_class(
+    stats: HostStats, proxy: ProxyRoute | None, *, gzip_bulk: bool = False
+) -> type[Any]:
     """An ``elastic_transport`` node class recording into ``stats``, via ``proxy`` if given."""
     from elastic_transport import NodeConfig, TransportError, Urllib3HttpNode
     from elastic_transport._transport import NOT_DEAD_NODE_HTTP_STATUSES
@@ -144,10 +171,21 @@ def elasticsearch_node_class(stats: HostStats, proxy: ProxyRoute | None) -> type
                     maxsize=config.connections_per_node,
                 )
 
-        def perform_request(self, *args: Any, **kwargs: Any) -> Any:
+        def perform_request(
+            self,
+            method: str,
+            target: str,
+            body: bytes | None = None,
+            headers: Any = None,
+            **kwargs: Any,
+        ) -> Any:
+            if gzip_bulk:
+                body, headers = gzip_ndjson(body, headers)
             started = time.monotonic()
             try:
-                response = super().perform_request(*args, **kwargs)
+                response = super().perform_request(
+                    method, target, body=body, headers=headers, **kwargs
+                )
             except TransportError:
                 stats.record(self._label, False, time.monotonic() - started)
                 raise
@@ -159,7 +197,9 @@ def elasticsearch_node_class(stats: HostStats, proxy: ProxyRoute | None) -> type
     return IngestNode
 
 
-def opensearch_connection_class(stats: HostStats, proxy: ProxyRoute | None) -> type[Any]:
+def opensearch_connection_class(
+    stats: HostStats, proxy: ProxyRoute | None, *, gzip_bulk: bool = False
+) -> type[Any]:
     """An ``opensearch-py`` connection class recording into ``stats``, via ``proxy`` if given."""
     from opensearchpy import ConnectionError as OsConnectionError
     from opensearchpy import TransportError, Urllib3HttpConnection
@@ -176,10 +216,23 @@ def opensearch_connection_class(stats: HostStats, proxy: ProxyRoute | None) -> t
             else:
                 self.pool = proxy.pool(self.host, timeout=self.timeout, maxsize=self._proxy_maxsize)
 
-        def perform_request(self, *args: Any, **kwargs: Any) -> Any:
+        def perform_request(
+            self,
+            method: str,
+            url: str,
+            params: Any = None,
+            body: bytes | None = None,
+            *args: Any,
+            headers: Any = None,
+            **kwargs: Any,
+        ) -> Any:
+            if gzip_bulk:
+                body, headers = gzip_ndjson(body, headers)
             started = time.monotonic()
             try:
-                result = super().perform_request(*args, **kwargs)
+                result = super().perform_request(
+                    method, url, params, body, *args, headers=headers, **kwargs
+                )
             except OsConnectionError:
                 stats.record(self._label, False, time.monotonic() - started)
                 raise

@@ -17,14 +17,11 @@ Errors are translated at this boundary and nowhere else:
 
 Client-level retries are switched off: the one retry policy lives in :mod:`ingest.retry`.
 Several hosts are the libraries' node pools, configured in :mod:`ingest.hostpool`; TLS, the
-proxy and the per-node bookkeeping live in :mod:`ingest.transport`. With ``compression =
-"gzip"`` bulk bodies are compressed here, at :data:`GZIP_LEVEL`, rather than by the libraries'
-own ``http_compress``, which uses level 9 (several times the CPU for a few percent fewer bytes).
+proxy, gzip and the per-node bookkeeping live in :mod:`ingest.transport`.
 """
 
 from __future__ import annotations
 
-import gzip
 import importlib.metadata
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,9 +59,6 @@ NDJSON = "application/x-ndjson"
 PROBE_TIMEOUT_S = 10.0
 #: Scroll contexts live this long between pages of :meth:`SearchClient.scan`.
 SCROLL_KEEPALIVE = "2m"
-#: zlib level for bulk bodies: level 1 keeps most of the size saving at a fraction of the CPU
-#: of the default 9 (measured by ``bench/compression.py``).
-GZIP_LEVEL = 1
 
 
 class SearchRequestError(IngestError):
@@ -172,13 +166,14 @@ class _ElasticsearchBackend:
             retry_on_status=(),
             retry_on_timeout=False,
             request_timeout=settings.request_timeout_s,
-            node_class=elasticsearch_node_class(stats, _proxy(settings, ssl_context)),
+            node_class=elasticsearch_node_class(
+                stats, _proxy(settings, ssl_context), gzip_bulk=settings.compression == "gzip"
+            ),
             dead_node_backoff_factor=DEAD_HOST_BACKOFF_S,
             max_dead_node_backoff=MAX_DEAD_HOST_BACKOFF_S,
             **_es_auth(settings, ssl_context),
         )
         self._json, self._ndjson = _compat_media_types(compat_major)
-        self._gzip = settings.compression == "gzip"
 
     def request(
         self,
@@ -196,8 +191,6 @@ class _ElasticsearchBackend:
         headers = {"accept": self._json}
         if body is not None:
             headers["content-type"] = self._ndjson if ndjson else self._json
-            if self._gzip and isinstance(body, bytes):
-                body = _gzip(body, headers)
         client = self._es if timeout_s is None else self._es.options(request_timeout=timeout_s)
         try:
             resp = client.perform_request(method, path, params=params, headers=headers, body=body)
@@ -227,13 +220,6 @@ def _compat_media_types(compat_major: int | None) -> tuple[str, str]:
         f"application/vnd.elasticsearch+json; compatible-with={compat_major}",
         f"application/vnd.elasticsearch+x-ndjson; compatible-with={compat_major}",
     )
-
-
-def _gzip(body: bytes, headers: dict[str, str]) -> bytes:
-    """``body`` compressed, and the headers saying so (and accepting a compressed answer)."""
-    headers["content-encoding"] = "gzip"
-    headers["accept-encoding"] = "gzip"
-    return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def _proxy(settings: SearchSettings, ssl_context: Any) -> ProxyRoute | None:
@@ -302,12 +288,13 @@ class _OpenSearchBackend:
             retry_on_timeout=True,
             timeout=settings.request_timeout_s,
             headers=headers or None,
-            connection_class=opensearch_connection_class(stats, _proxy(settings, ssl_context)),
+            connection_class=opensearch_connection_class(
+                stats, _proxy(settings, ssl_context), gzip_bulk=settings.compression == "gzip"
+            ),
             dead_timeout=DEAD_HOST_BACKOFF_S,
             timeout_cutoff=OPENSEARCH_TIMEOUT_CUTOFF,
             **kw,
         )
-        self._gzip = settings.compression == "gzip"
 
     def request(
         self,
@@ -322,8 +309,6 @@ class _OpenSearchBackend:
         import opensearchpy
 
         headers = {"content-type": NDJSON} if ndjson else None
-        if headers is not None and self._gzip and isinstance(body, bytes):
-            body = _gzip(body, headers)
         try:
             return self._os.transport.perform_request(
                 method, path, params=params, body=body, headers=headers, timeout=timeout_s
