@@ -21,7 +21,9 @@ import tomli_w
 
 from ingest.dev.stack import free_port
 from ingest.settings import Settings
+from tests.support.certs import make_pki
 from tests.support.daemon import settings_document
+from tests.support.forward_proxy import TlsGateway
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +53,11 @@ def _closed_dsn(data: dict[str, Any]) -> None:
 
 def _closed_search(data: dict[str, Any]) -> None:
     data["search"]["url"] = f"http://127.0.0.1:{free_port()}"
+
+
+def _closed_hosts(data: dict[str, Any]) -> None:
+    del data["search"]["url"]
+    data["search"]["hosts"] = [f"http://127.0.0.1:{free_port()}" for _ in range(3)]
 
 
 def _run(config: Path, cwd: Path) -> tuple[int, str, float]:
@@ -87,6 +94,14 @@ LOAD_TIME = [
         "search.password_file",
         id="missing-secret-file",
     ),
+    pytest.param(
+        _set("search.hosts", ["http://127.0.0.1:1"]), "give url or hosts", id="url-and-hosts"
+    ),
+    pytest.param(
+        _set("streams.0.routing_field", "customer"),
+        "needs routing_header",
+        id="unroutable-tombstones",
+    ),
 ]
 
 START_TIME = [
@@ -96,6 +111,7 @@ START_TIME = [
     pytest.param(_set("streams.0.subject", "nope"), "nope", id="unknown-subject"),
     pytest.param(_closed_dsn, "cannot connect to the ledger", id="postgres-unreachable"),
     pytest.param(_closed_search, "unreachable", id="search-unreachable"),
+    pytest.param(_closed_hosts, "no search host is reachable", id="search-hosts-unreachable"),
     pytest.param(
         _set("streams.0.transform", "nosuch.module:fn"),
         "transform hook 'nosuch.module:fn'",
@@ -184,3 +200,29 @@ def test_unreachable_kafka_fails_at_start(
         pytest.fail("still running after 15 s with Kafka unreachable")
     assert proc.returncode == 2
     assert "error:" in _one_error_line(output)
+
+
+@pytest.mark.parametrize("certificate", ["none", "untrusted"])
+def test_refused_client_certificate_fails_at_start(
+    make_settings: Callable[..., Settings], tmp_path: Path, search_url: str, certificate: str
+) -> None:
+    """A cluster requiring a client certificate refuses a daemon with none, or one from a CA
+    it does not trust: one error line naming the server, exit 2."""
+    pki = make_pki(tmp_path)
+    with TlsGateway(
+        search_url, cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca
+    ) as gateway:
+
+        def point_at_gateway(data: dict[str, Any]) -> None:
+            data["search"].update(url=gateway.url, ca_file=pki.ca)
+            if certificate == "untrusted":
+                data["search"].update(
+                    client_cert_file=pki.stranger_cert, client_key_file=pki.stranger_key
+                )
+
+        config = _config(make_settings(partitions=None), tmp_path, point_at_gateway)
+        code, output, took = _run(config, tmp_path)
+    assert code == 2, output
+    assert f"search server {gateway.url} is unreachable" in _one_error_line(output)
+    assert gateway.handshakes_refused >= 1
+    assert took < LIMIT_S
