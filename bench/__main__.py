@@ -27,6 +27,11 @@ def main() -> None:
     if "pipeline" not in skip:
         results["pipeline"] = pipeline.run()
         print("pipeline:", json.dumps(results["pipeline"]), flush=True)
+    if "compression" not in skip:
+        from bench import compression
+
+        results["compression"] = compression.run()
+        print("compression:", json.dumps(results["compression"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp, embedded_stack(Path(tmp)) as endpoints:
         if "endtoend" not in skip:
             from bench import endtoend
