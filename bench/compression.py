@@ -1,7 +1,7 @@
 """What ``compression = "gzip"`` costs and saves: CPU per record and bytes sent per record.
 
 Bulk bodies of the sample orders (2,000 documents each, as the default batch) are compressed
-the way :func:`ingest.transport.gzip_ndjson` does, at zlib levels 1 (the level used), 6 and 9
+the way :func:`ingest.search.transport.gzip_ndjson` does, at zlib levels 1 (the level used), 6 and 9
 (what the client libraries' own ``http_compress`` uses). CPU is process time, the median of
 several passes; bytes are the request body as sent. Cheap (about a second), no servers.
 """
@@ -14,12 +14,12 @@ import time
 from typing import Any
 
 import orjson
-
 from ingest.samples import sample_orders
+
+from ingest.pipeline.transform import Transformer
+from ingest.search.bulk import action_lines
+from ingest.search.transport import GZIP_LEVEL, gzip_ndjson
 from ingest.settings import StreamSettings
-from ingest.sink import action_lines
-from ingest.transform import Transformer
-from ingest.transport import GZIP_LEVEL, gzip_ndjson
 from ingest.types import IndexAction, RawRecord
 
 BATCH = 2000

@@ -39,7 +39,7 @@ class IndexAction:
     """One bulk item: index ``body`` (JSON bytes) or delete, with an external version.
 
     ``routing`` is the custom ``_routing`` of streams with a routing field (see
-    :mod:`ingest.routing`); ``None`` routes by ``_id``.
+    :mod:`ingest.pipeline.routing`); ``None`` routes by ``_id``.
     """
 
     op: Literal["index", "delete"]

@@ -288,7 +288,7 @@ class Metrics:
     def search_request(self, host: str, up: bool, took_s: float | None) -> None:
         """A request to search node ``host`` ended (``took_s``), or its state was reported.
 
-        Shaped as a :data:`~ingest.hostpool.HostListener`: pass it to ``HostStats.watch``.
+        Shaped as a :data:`~ingest.search.hosts.HostListener`: pass it to ``HostStats.watch``.
         """
         self._host_up.labels(host).set(1 if up else 0)
         if took_s is not None:

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 from ingest.errors import OversizeError, RecordError, TombstoneError
 from ingest.pipeline.batch import Batch, newest_per_document
+from ingest.pipeline.routing import routing_from_body
 from ingest.pipeline.transform import Transformer
-from ingest.routing import routing_from_body
 from ingest.settings import StreamSettings
 from ingest.types import DeadLetter, FastPath, IndexAction, RawRecord
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from ingest.errors import ConfigError, TransformError
-from ingest.routing import routing_value
+from ingest.pipeline.routing import routing_value
 from ingest.settings import StreamSettings
 from ingest.types import IndexAction, RawRecord
 
@@ -142,7 +142,7 @@ class Transformer:
         return routing
 
     def _tombstone_routing(self, record: RawRecord, doc_id: str) -> str:
-        """The key when it is the routing value, else the routing header (see ingest.routing)."""
+        """The key when it is the routing value, else the routing header (see routing)."""
         if self._routing_field == self._id_field:
             return doc_id
         header = self.stream.routing_header

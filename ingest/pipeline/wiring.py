@@ -21,9 +21,9 @@ from ingest.errors import ConfigError
 from ingest.kafka.deadletters import DeadLetterTopic
 from ingest.ledger import PostgresLedger
 from ingest.pipeline.process import BatchWriter, DeadLetterPublisher, RecordProcessor
+from ingest.pipeline.routing import schema_problem
 from ingest.pipeline.transform import Transformer, load_hook
 from ingest.retry import OnRetry, retrying
-from ingest.routing import schema_problem
 from ingest.search.bulk import BulkSink
 from ingest.search.client import SearchClient, check_pipeline, connect_search
 from ingest.settings import Settings, StreamSettings

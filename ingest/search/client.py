@@ -16,8 +16,8 @@ Errors are translated at this boundary and nowhere else:
   ``reason``; 404 is the subclass :class:`SearchNotFoundError`, 401/403 :class:`SearchAuthError`.
 
 Client-level retries are switched off: the one retry policy lives in :mod:`ingest.retry`.
-Several hosts are the libraries' node pools, configured in :mod:`ingest.hostpool`; TLS, the
-proxy, gzip and the per-node bookkeeping live in :mod:`ingest.transport`.
+Several hosts are the libraries' node pools, configured in :mod:`ingest.search.hosts`; TLS, the
+proxy, gzip and the per-node bookkeeping live in :mod:`ingest.search.transport`.
 """
 
 from __future__ import annotations
@@ -32,21 +32,21 @@ import orjson
 import structlog
 
 from ingest.errors import ConfigError, IngestError, TransientError
-from ingest.hostpool import (
+from ingest.search.hosts import (
     DEAD_HOST_BACKOFF_S,
     MAX_DEAD_HOST_BACKOFF_S,
     OPENSEARCH_TIMEOUT_CUTOFF,
     HostStats,
     host_label,
 )
-from ingest.settings import SearchSettings, redact_dsn
-from ingest.transport import (
+from ingest.search.transport import (
     OPENSEARCH_DEAD_STATUSES,
     ProxyRoute,
     elasticsearch_node_class,
     opensearch_connection_class,
     tls_context,
 )
+from ingest.settings import SearchSettings, redact_dsn
 
 log = structlog.get_logger(__name__)
 

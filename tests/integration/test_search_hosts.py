@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest.devstack import free_port
+from ingest.daemon.metrics import Metrics
+from ingest.dev.stack import free_port
 from ingest.errors import ConfigError
-from ingest.hostpool import host_label
-from ingest.metrics import Metrics
-from ingest.search import SearchClient, connect_search
+from ingest.search.bulk import BulkSink
+from ingest.search.client import SearchClient, connect_search
+from ingest.search.hosts import host_label
 from ingest.settings import SearchSettings
-from ingest.sink import BulkSink
 from ingest.types import IndexAction, RawRecord
 from tests.support.compat_proxy import CompatProxy
 from tests.support.fault_proxy import HttpFaultProxy, TcpFaultProxy

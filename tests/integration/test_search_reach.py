@@ -17,9 +17,9 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from ingest.errors import ConfigError
-from ingest.search import SearchClient, connect_search
+from ingest.search.bulk import BulkSink
+from ingest.search.client import SearchClient, connect_search
 from ingest.settings import SearchSettings, parse_settings
-from ingest.sink import BulkSink
 from ingest.types import IndexAction, RawRecord
 from tests.support.certs import KEY_PASSWORD, Pki, make_pki
 from tests.support.compat_proxy import CompatProxy

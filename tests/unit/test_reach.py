@@ -13,17 +13,17 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from ingest.batch import Batch
+from ingest.daemon.metrics import Metrics
 from ingest.errors import ConfigError
-from ingest.hostpool import HostStats, host_label
-from ingest.metrics import Metrics
-from ingest.pipeline import RecordProcessor
-from ingest.routing import routing_value, schema_problem
-from ingest.search import SearchNotFoundError, SearchRequestError, check_pipeline
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.process import RecordProcessor
+from ingest.pipeline.routing import routing_value, schema_problem
+from ingest.pipeline.transform import Transformer
+from ingest.search.bulk import action_lines
+from ingest.search.client import SearchNotFoundError, SearchRequestError, check_pipeline
+from ingest.search.hosts import HostStats, host_label
+from ingest.search.transport import gzip_ndjson
 from ingest.settings import StreamSettings, load_settings, parse_settings
-from ingest.sink import action_lines
-from ingest.transform import Transformer
-from ingest.transport import gzip_ndjson
 from ingest.types import IndexAction, RawRecord
 
 STREAM = {"name": "s", "topic": "t", "subject": "orders", "alias": "a"}

@@ -9,7 +9,7 @@ The classes built here subclass those so that, whichever library is in use:
   otherwise append a newline to compressed bytes; not through the libraries' own
   ``http_compress``, which uses zlib level 9 (several times the CPU for a few percent fewer
   bytes, see ``bench/compression.py``);
-- every request's outcome and duration is recorded in a :class:`~ingest.hostpool.HostStats`,
+- every request's outcome and duration is recorded in a :class:`~ingest.search.hosts.HostStats`,
   with the same rule the library's pool uses to keep or rest the node;
 - with ``proxy_url``, the pool is replaced by one going through the proxy: absolute-form
   requests for ``http://`` nodes, a ``CONNECT`` tunnel for ``https://`` nodes (TLS then runs
@@ -26,14 +26,14 @@ from __future__ import annotations
 import gzip
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import urllib3
 
 from ingest.errors import ConfigError
-from ingest.hostpool import HostStats, host_label
+from ingest.search.hosts import HostStats, host_label
 from ingest.settings import SearchSettings
 
 #: Statuses after which ``opensearch-py`` rests a node (it needs telling; elastic_transport
@@ -155,8 +155,10 @@ def elasticsearch_node_class(
     stats: HostStats, proxy: ProxyRoute | None, *, gzip_bulk: bool = False
 ) -> type[Any]:
     """An ``elastic_transport`` node class recording into ``stats``, via ``proxy`` if given."""
-    from elastic_transport import NodeConfig, TransportError, Urllib3HttpNode
+    from elastic_transport import HttpHeaders, NodeConfig, TransportError, Urllib3HttpNode
+    from elastic_transport._node._base import NodeApiResponse
     from elastic_transport._transport import NOT_DEAD_NODE_HTTP_STATUSES
+    from elastic_transport.client_utils import DEFAULT, DefaultType
 
     class IngestNode(Urllib3HttpNode):
         def __init__(self, config: NodeConfig) -> None:
@@ -176,15 +178,16 @@ def elasticsearch_node_class(
             method: str,
             target: str,
             body: bytes | None = None,
-            headers: Any = None,
-            **kwargs: Any,
-        ) -> Any:
+            headers: HttpHeaders | None = None,
+            request_timeout: DefaultType | float | None = DEFAULT,
+        ) -> NodeApiResponse:
             if gzip_bulk:
-                body, headers = gzip_ndjson(body, headers)
+                body, packed = gzip_ndjson(body, headers)
+                headers = None if packed is None else HttpHeaders(packed)
             started = time.monotonic()
             try:
                 response = super().perform_request(
-                    method, target, body=body, headers=headers, **kwargs
+                    method, target, body=body, headers=headers, request_timeout=request_timeout
                 )
             except TransportError:
                 stats.record(self._label, False, time.monotonic() - started)
@@ -220,18 +223,18 @@ def opensearch_connection_class(
             self,
             method: str,
             url: str,
-            params: Any = None,
+            params: Mapping[str, Any] | None = None,
             body: bytes | None = None,
-            *args: Any,
-            headers: Any = None,
-            **kwargs: Any,
+            timeout: int | float | None = None,
+            ignore: Collection[int] = (),
+            headers: Mapping[str, str] | None = None,
         ) -> Any:
             if gzip_bulk:
                 body, headers = gzip_ndjson(body, headers)
             started = time.monotonic()
             try:
                 result = super().perform_request(
-                    method, url, params, body, *args, headers=headers, **kwargs
+                    method, url, params, body, timeout=timeout, ignore=ignore, headers=headers
                 )
             except OsConnectionError:
                 stats.record(self._label, False, time.monotonic() - started)

@@ -11,9 +11,9 @@ retries stay off); it fails transiently and :mod:`ingest.retry` sends it again, 
 node since the failed one is out.
 
 What the libraries do not offer is a view of it. :class:`HostStats` is that view, fed by the
-node classes in :mod:`ingest.transport` after every request: each host's state (the outcome
+node classes in :mod:`ingest.search.transport` after every request: each host's state (the outcome
 of its last request, which is what decided whether its pool keeps it) and latency, passed on
-to listeners such as :meth:`ingest.metrics.Metrics.search_request`. Labels carry scheme, host
+to listeners such as :meth:`ingest.daemon.metrics.Metrics.search_request`. Labels carry scheme, host
 and port only — never the credentials a URL may hold.
 """
 
