@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import orjson
-from ingest.samples import sample_orders
 
+from ingest.dev.samples import sample_orders
 from ingest.pipeline.transform import Transformer
 from ingest.search.bulk import action_lines
 from ingest.search.transport import GZIP_LEVEL, gzip_ndjson

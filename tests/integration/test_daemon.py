@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ingest.dev.demo import run_produce
+from ingest.search.hosts import host_label
 from ingest.settings import Settings
 from tests.support.compat_proxy import CompatProxy
 from tests.support.daemon import (
@@ -246,6 +247,10 @@ def test_records_of_an_older_schema_version_get_the_newer_ones_defaults(
     # v1 records too went through the native transcoder, not the Python path
     assert metrics['ingest_records_consumed_total{stream="orders"}'] == len(orders)
     assert metrics['ingest_records_python_path_total{stream="orders"}'] == 0
+    # the search node's state and latency, labelled without credentials
+    node = host_label(settings.search.url)
+    assert metrics[f'ingest_search_host_up{{host="{node}"}}'] == 1
+    assert metrics[f'ingest_search_host_latency_seconds_count{{host="{node}"}}'] >= 1
     docs = index_documents(settings)
     assert set(docs) == set(orders)
     for order_id, doc in docs.items():
