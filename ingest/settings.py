@@ -206,6 +206,10 @@ class StreamSettings(_Frozen):
     max_batch_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     linger_s: float = Field(default=0.5, gt=0)
     max_record_bytes: int = Field(default=1024 * 1024, ge=16)
+    #: A rendered JSON document above this is dead-lettered (stage transform): a few bytes
+    #: of Avro can render megabytes. Far below the search server's default request limit
+    #: (``http.max_content_length``, 100 MB), the most any default server accepts.
+    max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     dead_letter_topic: str | None = None
     #: Ingest pipeline every index action of this stream names (``pipeline`` in the action).
     pipeline: str | None = None

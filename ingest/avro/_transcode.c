@@ -8,10 +8,17 @@
  * dates as YYYY-MM-DD, decimals and floats as JSON numbers, bytes as base64).
  *
  * It never reports errors. Whenever the input is anything but plainly valid (truncated,
- * bad UTF-8, an index out of range, a value the Python path would render differently or
- * refuse, a duplicate map key), it returns None and the caller runs the Python path on
- * that record, which then produces the exact dead-letter reason. So the two paths agree
- * by construction on every failure, and tests compare their successes.
+ * bad UTF-8, an index out of range, an int beyond 32 bits, a value the Python path would
+ * render differently or refuse, a duplicate map key, more array and map items than a record
+ * may hold, a document over its size limit, or memory running out), it returns None and
+ * the caller runs the Python path on that record, which then produces the exact
+ * dead-letter reason. So the two paths agree by construction on every failure, and tests
+ * compare their successes.
+ *
+ * Hostile input must not cost more than a valid record of its size: lengths and counts are
+ * checked against the bytes that remain, the items of all arrays and maps of one record
+ * are counted against one budget (items that take no bytes, like nulls, could otherwise
+ * expand a few bytes into gigabytes), and the output stops growing at the document limit.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -21,12 +28,12 @@
 #include <string.h>
 
 enum Kind {
-    K_NULL, K_BOOLEAN, K_LONG, K_FLOAT, K_DOUBLE, K_STRING, K_BYTES, K_FIXED, K_ENUM,
+    K_NULL, K_BOOLEAN, K_INT, K_LONG, K_FLOAT, K_DOUBLE, K_STRING, K_BYTES, K_FIXED, K_ENUM,
     K_RECORD, K_ARRAY, K_MAP, K_UNION, K_TS_MILLIS, K_TS_MICROS, K_DATE, K_DECIMAL
 };
 
 static const char *const KIND_NAMES[] = {
-    "null", "boolean", "long", "float", "double", "string", "bytes", "fixed", "enum",
+    "null", "boolean", "int", "long", "float", "double", "string", "bytes", "fixed", "enum",
     "record", "array", "map", "union", "timestamp-millis", "timestamp-micros", "date",
     "decimal", NULL
 };
@@ -47,11 +54,16 @@ typedef struct {
     char *data;
     Py_ssize_t len;
     Py_ssize_t cap;
+    Py_ssize_t limit;  /* the document's size limit; checked exactly once it is written */
     int on_heap;
-    int oom;
 } Out;
 
+/* Writers reserve a little more than they write (a timestamp reserves 32 bytes): growth may
+ * pass the limit by this much, so the exact check at the end decides, not a reservation. */
+#define LIMIT_SLACK 64
+
 static int grow(Out *o, Py_ssize_t need) {
+    if (need > o->limit + LIMIT_SLACK - o->len) return -1; /* over the limit: not an error */
     Py_ssize_t cap = o->cap * 2;
     while (cap < o->len + need) cap *= 2;
     char *data;
@@ -61,10 +73,7 @@ static int grow(Out *o, Py_ssize_t need) {
         data = PyMem_Malloc(cap);
         if (data) memcpy(data, o->data, o->len);
     }
-    if (!data) {
-        o->oom = 1;
-        return -1;
-    }
+    if (!data) return -1;
     o->data = data;
     o->cap = cap;
     o->on_heap = 1;
@@ -92,6 +101,7 @@ static inline int emit_char(Out *o, char c) {
 typedef struct {
     const unsigned char *p;
     const unsigned char *end;
+    int64_t items_left;  /* array and map items the rest of the record may still hold */
 } In;
 
 /* A zigzag varint, exactly as the Python reader reads one; -1 where Python would give an
@@ -258,10 +268,7 @@ static int emit_double(Out *o, double d) {
         }
     }
     char *repr = PyOS_double_to_string(d, 'r', 0, 0, NULL);
-    if (!repr) {
-        o->oom = 1;
-        return -1;
-    }
+    if (!repr) return -1;
     int rc = emit(o, repr, (Py_ssize_t)strlen(repr));
     PyMem_Free(repr);
     return rc;
@@ -399,20 +406,24 @@ static int keys_distinct(Key *keys, Py_ssize_t n) {
     return 1;
 }
 
-#define MAX_ZERO_SIZE_ITEMS 1000000
-
 static int transcode(const Node *nd, In *in, Out *o);
 
-/* The count of the next block of an array or map; 0 ends it. Mirrors the Python reader. */
+/* The count of the next block of an array or map; 0 ends it. Mirrors the Python reader.
+ * A negative count is followed by the block's size in bytes; INT64_MIN has no positive
+ * counterpart (negating it is undefined behaviour), and no block can hold that many
+ * items anyway, so it is refused like any count beyond what remains. */
 static int block_count(Py_ssize_t per_item, In *in, int64_t *count) {
     if (read_long(in, count) < 0) return -1;
     if (*count == 0) return 0;
     if (*count < 0) {
         int64_t ignored;
+        if (*count == INT64_MIN) return -1;
         *count = -*count;
         if (read_long(in, &ignored) < 0) return -1;
     }
-    if (per_item ? *count > in->end - in->p : *count > MAX_ZERO_SIZE_ITEMS) return -1;
+    if (per_item && *count > in->end - in->p) return -1;
+    if (*count > in->items_left) return -1;
+    in->items_left -= *count;
     return 0;
 }
 
@@ -432,10 +443,7 @@ static int transcode_map(const Node *nd, In *in, Out *o) {
             if (read_len(in, &len) < 0 || !utf8_valid(in->p, len)) goto done;
             if (nkeys == cap) {
                 Key *bigger = PyMem_Malloc(sizeof(Key) * cap * 2);
-                if (!bigger) {
-                    o->oom = 1;
-                    goto done;
-                }
+                if (!bigger) goto done;
                 memcpy(bigger, keys, sizeof(Key) * nkeys);
                 if (keys != small) PyMem_Free(keys);
                 keys = bigger;
@@ -465,6 +473,9 @@ static int transcode(const Node *nd, In *in, Out *o) {
         case K_BOOLEAN:
             if (in->p >= in->end) return -1;
             return *in->p++ == 1 ? emit(o, "true", 4) : emit(o, "false", 5);
+        case K_INT: /* a varint beyond 32 bits is malformed Avro, not a bigger int */
+            if (read_long(in, &v) < 0 || v < INT32_MIN || v > INT32_MAX) return -1;
+            return emit_int(o, v);
         case K_LONG:
             if (read_long(in, &v) < 0) return -1;
             return emit_int(o, v);
@@ -697,6 +708,8 @@ typedef struct Transcoder {
     Py_ssize_t version_index; /* top-level field that is the version; -1: the offset */
     char *suffix;             /* written after the last field: "}" or defaulted fields + "}" */
     Py_ssize_t suffix_len;
+    int64_t max_items;        /* array and map items one record may hold, all blocks together */
+    Py_ssize_t max_document_bytes;
     struct Transcoder *next;  /* asked for values framed with another header; may be NULL */
 } Transcoder;
 
@@ -710,15 +723,22 @@ static void Transcoder_dealloc(Transcoder *self) {
 }
 
 static int Transcoder_init(Transcoder *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"program", "header",  "id_index", "version_index",
-                             "suffix",  "next",    NULL};
+    static char *kwlist[] = {"program", "header", "id_index", "version_index", "suffix", "next",
+                             "max_items", "max_document_bytes", NULL};
     PyObject *program, *next = Py_None;
     const char *header, *suffix = "}";
     Py_ssize_t header_len, suffix_len = 1, id_index, version_index;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy#nn|y#O", kwlist, &program, &header,
+    long long max_items = -1;            /* both limits are required: the settings and */
+    Py_ssize_t max_document_bytes = -1;  /* ingest.avro.reader own them, not this file */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oy#nn|y#O$Ln", kwlist, &program, &header,
                                      &header_len, &id_index, &version_index, &suffix,
-                                     &suffix_len, &next))
+                                     &suffix_len, &next, &max_items, &max_document_bytes))
         return -1;
+    if (max_items < 0 || max_document_bytes < 1 || max_document_bytes > PY_SSIZE_T_MAX / 4) {
+        PyErr_SetString(PyExc_ValueError,
+                        "max_items (>= 0) and max_document_bytes (>= 1) are required");
+        return -1;
+    }
     if (header_len != 5) {
         PyErr_SetString(PyExc_ValueError, "header is the 5-byte Confluent prefix");
         return -1;
@@ -759,6 +779,8 @@ static int Transcoder_init(Transcoder *self, PyObject *args, PyObject *kwds) {
     PyMem_Free(self->suffix);
     self->suffix = copy;
     self->suffix_len = suffix_len;
+    self->max_items = max_items;
+    self->max_document_bytes = max_document_bytes;
     Py_XSETREF(self->next, next == Py_None ? NULL : (Transcoder *)Py_NewRef(next));
     return 0;
 }
@@ -783,7 +805,7 @@ static PyObject *id_from(const Node *field, const unsigned char *start, const un
         if (read_len(&in, &len) < 0 || len == 0) return NULL;
         return PyUnicode_DecodeUTF8((const char *)in.p, len, NULL);
     }
-    if (leaf->kind == K_LONG) {
+    if (leaf->kind == K_LONG || leaf->kind == K_INT) {
         int64_t v;
         if (read_long(&in, &v) < 0) return NULL;
         return PyUnicode_FromFormat("%lld", (long long)v);
@@ -800,6 +822,7 @@ static int version_from(const Node *field, const unsigned char *start, const uns
     int64_t v, q, r;
     if (!leaf || read_long(&in, &v) < 0) return -1;
     switch (leaf->kind) {
+        case K_INT:
         case K_LONG:
         case K_TS_MILLIS:
         case K_DATE:
@@ -832,8 +855,8 @@ static PyObject *Transcoder_transcode(Transcoder *self, PyObject *const *args, P
     }
 
     char stack[4096];
-    Out o = {stack, 0, sizeof stack, 0, 0};
-    In in = {buf + 5, buf + size};
+    Out o = {stack, 0, sizeof stack, self->max_document_bytes, 0};
+    In in = {buf + 5, buf + size, self->max_items};
     const Node *root = self->root;
     const unsigned char *id_start = NULL, *version_start = NULL;
     int ok = 1;
@@ -854,6 +877,7 @@ static PyObject *Transcoder_transcode(Transcoder *self, PyObject *const *args, P
         ok = ok && emit(&o, self->suffix, self->suffix_len) == 0;
     }
     ok = ok && in.p == in.end; /* trailing bytes are the Python path's to report */
+    ok = ok && o.len <= o.limit; /* the exact size check: growth stops near the limit */
 
     PyObject *doc_id = NULL, *version = NULL, *body = NULL, *result = NULL;
     if (!ok) goto done;
@@ -880,9 +904,11 @@ done:
     Py_XDECREF(doc_id);
     Py_XDECREF(version);
     Py_XDECREF(body);
-    if (o.oom) return PyErr_NoMemory();
     if (result) return result;
-    PyErr_Clear(); /* e.g. a key that is not UTF-8: the Python path names it */
+    /* e.g. a key that is not UTF-8, or memory running out (a failed allocation):
+     * never an exception out of the hot path. The Python path names the problem, and a
+     * record too big to render there is dead-lettered as one. */
+    PyErr_Clear();
     Py_RETURN_NONE;
 }
 

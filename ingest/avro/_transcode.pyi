@@ -11,6 +11,9 @@ class Transcoder:
         version_index: int,
         suffix: bytes = b"}",
         next: Transcoder | None = None,
+        *,
+        max_items: int,
+        max_document_bytes: int,
     ) -> None: ...
     def transcode(
         self, value: bytes, key: bytes | None, offset: int

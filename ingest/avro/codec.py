@@ -156,7 +156,18 @@ def _evolution_plan(
 
 
 def _resolving_plan(writer: dict[str, Any], reader: dict[str, Any]) -> _Plan:
+    """fastavro's resolving reader, behind the compiled reader of the writer's schema.
+
+    fastavro reads an ``int`` beyond 32 bits as a bigger int and follows block counts of
+    zero-size items for as long as they go. The compiled reader refuses both (and bounds
+    the items of a record), so it reads the value first, as a check, and fastavro only
+    gets bytes that are valid for the writer. This path is rare (schema changes beyond
+    added or removed fields), so reading twice costs little.
+    """
+    check = compile_reader(writer, decimals_as_float=True)
+
     def plan(value: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        check(value, pos)  # raises ReadFailure for malformed or oversized input
         stream = BytesIO(value)
         stream.seek(pos)
         try:

@@ -12,7 +12,12 @@ with fastavro. Malformed input raises :class:`ReadFailure` carrying the byte off
 exception (``IndexError`` past the end, ``UnicodeDecodeError``, ...); the codec turns it
 into a :class:`~ingest.errors.DecodeError`.
 Counts and lengths are checked against the bytes that remain, so a hostile length prefix
-cannot make it allocate or loop without bound.
+cannot make it allocate or loop without bound; and the items of all arrays and maps of one
+record count against :data:`MAX_ITEMS_PER_RECORD`, because items that take no bytes (nulls,
+empty records) would otherwise let a few bytes of input expand into a list of millions
+(63 bytes once rendered a 100 MB document). Varints are Avro's: a ``long`` beyond 64 bits
+and an ``int`` beyond 32 bits are malformed input, refused here and named by field, not
+numbers for a later step to choke on.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ class ReadFailure(ValueError):
 
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
-_MAX_ZERO_SIZE_ITEMS = 1_000_000
+#: Array and map items one record may hold, all blocks of all its arrays and maps together.
+#: The native transcoder takes the same budget (ingest.avro.transcode passes it).
+MAX_ITEMS_PER_RECORD = 1_000_000
 #: Where a negative length points: past the end of any buffer.
 _TOO_FAR = 2**62
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -85,7 +92,7 @@ class _Gen:
             "_unpack_float": struct.Struct("<f").unpack_from,
             "_from_bytes": int.from_bytes,
             "_Decimal": decimal.Decimal,
-            "_MAX_ZERO": _MAX_ZERO_SIZE_ITEMS,
+            "_MAX_ITEMS": MAX_ITEMS_PER_RECORD,
             "_ReadFailure": ReadFailure,
             "_ZZ": tuple((b >> 1) ^ -(b & 1) for b in range(128)),
             "_LEN": tuple(_TOO_FAR if b & 1 else b >> 1 for b in range(128)),
@@ -95,6 +102,16 @@ class _Gen:
         self.functions: dict[str, list[str]] = {}
         self.pending: list[str] = []
         self.counter = itertools.count()
+        #: Where the value being generated sits in its record, for error messages:
+        #: field names, ``[]`` for array items and map values.
+        self.path: list[str] = []
+
+    def where(self) -> str:
+        """The current field path as text, e.g. ``items[].quantity``."""
+        text = ""
+        for segment in self.path:
+            text += segment if segment.startswith("[") or not text else "." + segment
+        return text or "(record)"
 
     def var(self, stem: str) -> str:
         return f"{stem}{next(self.counter)}"
@@ -143,7 +160,8 @@ class _Gen:
         """Read a zigzag varint into ``target``.
 
         One-byte values (the common case) take a table lookup. ``fast`` replaces that
-        assignment with lines using ``b``; ``slow`` lines run after the multi-byte path.
+        assignment with lines using ``b``; ``slow`` lines run after the multi-byte path,
+        which refuses more than 64 bits (an Avro long) as the native transcoder does.
         """
         out += [f"{ind}b = buf[pos]", f"{ind}pos += 1", f"{ind}if b < 128:"]
         out += [f"{ind}    {line}" for line in (fast or [f"{target} = _ZZ[b]"])]
@@ -160,6 +178,8 @@ class _Gen:
             f"{ind}        shift += 7",
             f"{ind}        if shift > 63:",
             f"{ind}            raise ValueError('varint longer than 10 bytes')",
+            f"{ind}    if n >> 64:",
+            f"{ind}        raise ValueError('varint beyond 64 bits')",
             f"{ind}    {target} = (n >> 1) ^ -(n & 1)",
         ]
         out += [f"{ind}    {line}" for line in slow or []]
@@ -245,7 +265,19 @@ class _Gen:
             out.append(f"{ind}{target} = None")
         elif kind == "boolean":
             out += [f"{ind}{target} = buf[pos] == 1", f"{ind}pos += 1"]
-        elif kind in ("int", "long"):
+        elif kind == "int":
+            # One byte always fits; a longer varint may carry more than an int may hold.
+            problem = f"{self.where()}: int value outside the signed 32-bit range"
+            self.varint(
+                out,
+                ind,
+                target,
+                slow=[
+                    f"if not -2147483648 <= {target} <= 2147483647:",
+                    f"    raise ValueError({problem!r})",
+                ],
+            )
+        elif kind == "long":
             self.varint(out, ind, target)
         elif kind == "double":
             out += [f"{ind}{target} = _unpack_double(buf, pos)[0]", f"{ind}pos += 8"]
@@ -326,9 +358,12 @@ class _Gen:
         out += [f"{ind}else:", f"{ind}    raise IndexError('union index out of range')"]
 
     def blocks(self, item_min: int, out: list[str], ind: str, count: str) -> None:
-        """Open the block loop of an array or map; the caller emits the per-item body."""
+        """Open the block loop of an array or map; the caller emits the per-item body.
+
+        ``left`` is the record's remaining item budget, threaded through the generated
+        functions, so every block of every array and map of the record draws on it.
+        """
         self.varint(out, ind + "    ", count)
-        guard = f"{count} > end - pos" if item_min else f"{count} > _MAX_ZERO"
         out += [
             f"{ind}    if {count} == 0:",
             f"{ind}        break",
@@ -336,7 +371,20 @@ class _Gen:
             f"{ind}        {count} = -{count}",
         ]
         self.varint(out, ind + "        ", "_")
-        out += [f"{ind}    if {guard}:", f"{ind}        raise ValueError('block count too large')"]
+        if item_min:
+            out += [
+                f"{ind}    if {count} > end - pos:",
+                f"{ind}        raise ValueError('block count too large')",
+            ]
+        problem = (
+            f"{self.where()}: the record's arrays and maps hold more than"
+            f" {MAX_ITEMS_PER_RECORD:,} items (the per-record limit)"
+        )
+        out += [
+            f"{ind}    left -= {count}",
+            f"{ind}    if left < 0:",
+            f"{ind}        raise ValueError({problem!r})",
+        ]
 
     def array(
         self, schema: dict[str, Any], out: list[str], ind: str, target: str, stack: tuple[str, ...]
@@ -345,7 +393,9 @@ class _Gen:
         out += [f"{ind}{items} = []", f"{ind}while True:"]
         self.blocks(self.min_size(schema["items"]), out, ind, count)
         out.append(f"{ind}    for _ in range({count}):")
+        self.path.append("[]")
         self.value(schema["items"], out, ind + "        ", item, stack)
+        self.path.pop()
         out += [f"{ind}        {items}.append({item})", f"{ind}{target} = {items}"]
 
     def map(
@@ -356,7 +406,9 @@ class _Gen:
         self.blocks(1 + self.min_size(schema["values"]), out, ind, count)
         out.append(f"{ind}    for _ in range({count}):")
         self.primitive("string", out, ind + "        ", key)
+        self.path.append("[]")
         self.value(schema["values"], out, ind + "        ", item, stack)
+        self.path.pop()
         out += [f"{ind}        {result}[{key}] = {item}", f"{ind}{target} = {result}"]
 
     def record(
@@ -365,11 +417,13 @@ class _Gen:
         name = schema["name"]
         if name in stack:  # recursive type: call its function instead of inlining forever
             fn = self.function(name)
-            out.append(f"{ind}{target}, pos = {fn}(buf, pos, end)")
+            out.append(f"{ind}{target}, pos, left = {fn}(buf, pos, end, left)")
             return
         names = [self.var("f") for _ in schema["fields"]]
         for field, var in zip(schema["fields"], names, strict=True):
+            self.path.append(field["name"])
             self.value(field["type"], out, ind, var, (*stack, name))
+            self.path.pop()
         items = ", ".join(
             f"{field['name']!r}: {var}" for field, var in zip(schema["fields"], names, strict=True)
         )
@@ -378,19 +432,22 @@ class _Gen:
     def function(self, name: str) -> str:
         fn = "read_" + "".join(c if c.isalnum() else "_" for c in name)
         if fn not in self.functions:
+            # A recursive type's paths start at its name; the top record's at its fields.
+            outer, self.path = self.path, ([name.rsplit(".", 1)[-1]] if self.functions else [])
             self.functions[fn] = []
             body: list[str] = []
             self.record(self.named[name], body, "        ", "result", ())
+            self.path = outer
             # Exceptions carry the position reached; try blocks cost nothing in 3.11+.
             self.functions[fn] = [
-                f"def {fn}(buf, pos, end):",
+                f"def {fn}(buf, pos, end, left):",
                 "    try:",
                 *body,
                 "    except _ReadFailure:",
                 "        raise",
                 "    except Exception as exc:",
                 "        raise _ReadFailure(pos, exc) from exc",
-                "    return result, pos",
+                "    return result, pos, left",
             ]
         return fn
 
@@ -425,7 +482,11 @@ def _compile(schema: dict[str, Any], decimals_as_float: bool = False) -> Reader:
     gen.register(schema)
     top = gen.function(schema["name"])
     source = "\n\n".join("\n".join(lines) for lines in gen.functions.values())
-    source += f"\n\ndef read(buf, pos):\n    return {top}(buf, pos, len(buf))\n"
+    source += (
+        f"\n\ndef read(buf, pos):\n"
+        f"    result, pos, _ = {top}(buf, pos, len(buf), _MAX_ITEMS)\n"
+        f"    return result, pos\n"
+    )
     namespace: dict[str, Any] = dict(gen.consts)
     exec(compile(source, f"<avro reader {schema['name']}>", "exec"), namespace)  # noqa: S102
     reader: Reader = namespace["read"]

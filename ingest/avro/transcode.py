@@ -15,7 +15,11 @@ It is only an accelerator, never a second source of truth:
   Python path does.
   :func:`fast_path_for` says which and, if not, why not.
 - For any value it does not accept as plainly valid it returns None, and the caller takes
-  the Python path for that record, which produces the dead letter and its reason. The unit
+  the Python path for that record, which produces the dead letter and its reason. That
+  includes records over a limit: more array and map items than
+  :data:`~ingest.avro.reader.MAX_ITEMS_PER_RECORD` (refused at decode) or a document over the
+  stream's ``max_document_bytes`` (refused at transform, where the Python path renders it),
+  and memory running out, which never escapes as an exception. The unit
   tests check on generated schemas and records that both paths give equal documents, ids
   and versions, and that the transcoder accepts nothing the Python path refuses.
 - Without a C compiler at install time the extension is missing and everything takes the
@@ -33,7 +37,7 @@ from fastavro._logical_readers_py import LOGICAL_READERS
 
 from ingest.avro.catalog import SchemaVersion
 from ingest.avro.codec import AvroCodec, frame, plain_evolution
-from ingest.avro.reader import register_named
+from ingest.avro.reader import MAX_ITEMS_PER_RECORD, register_named
 from ingest.settings import StreamSettings
 from ingest.types import FastPath
 
@@ -43,8 +47,8 @@ except ImportError:  # built without a C compiler: the Python path does all the 
     Transcoder = None  # type: ignore[assignment,misc]
 
 #: Node kinds a field used as the document id / the external version may decode to.
-_ID_KINDS = {"null", "string", "long"}
-_VERSION_KINDS = {"null", "long", "timestamp-millis", "timestamp-micros", "date"}
+_ID_KINDS = {"null", "string", "int", "long"}
+_VERSION_KINDS = {"null", "int", "long", "timestamp-millis", "timestamp-micros", "date"}
 
 
 class Unsupported(ValueError):
@@ -119,7 +123,16 @@ def _transcoder(
     version_index = _field_index(
         program, schema, stream.version_field, _VERSION_KINDS, "version_field"
     )
-    return Transcoder(program, frame(writer.schema_id, b""), id_index, version_index, suffix, older)
+    return Transcoder(
+        program,
+        frame(writer.schema_id, b""),
+        id_index,
+        version_index,
+        suffix,
+        older,
+        max_items=MAX_ITEMS_PER_RECORD,
+        max_document_bytes=stream.max_document_bytes,
+    )
 
 
 def _without(
@@ -199,7 +212,7 @@ def compile_program(schema: dict[str, Any]) -> tuple[Any, ...]:
 _PRIMITIVE_NODES: dict[str, tuple[str, ...]] = {
     "null": ("null",),
     "boolean": ("boolean",),
-    "int": ("long",),
+    "int": ("int",),  # a long refused beyond 32 bits, as the Python reader refuses it
     "long": ("long",),
     "float": ("float",),
     "double": ("double",),

@@ -8,6 +8,10 @@ strings, dates as ``YYYY-MM-DD``, decimals as JSON numbers. An optional user hoo
 The ``_id`` is the configured record field, else the Kafka key; the external version is the
 configured field (timestamps in epoch milliseconds), else the Kafka offset — so replays and
 out-of-order writes never overwrite newer data.
+
+The rendered JSON is measured here, after the hook, because only then is it known: a
+document over the stream's ``max_document_bytes`` is this record's fault (a few bytes of
+Avro can render megabytes) and a TransformError, never a bulk request the server refuses.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class Transformer:
         self._id_field = stream.id_field
         self._version_field = stream.version_field
         self._routing_field = stream.routing_field
+        self._max_document_bytes = stream.max_document_bytes
         self._hook = (
             hook
             if hook is not None
@@ -113,6 +118,14 @@ class Transformer:
             body = orjson.dumps(doc, default=_json_default, option=_DUMPS_OPTS)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise TransformError(f"document is not JSON-serializable: {exc}") from exc
+        except MemoryError:
+            raise TransformError("document is too large to render in memory") from None
+        if len(body) > self._max_document_bytes:
+            raise TransformError(
+                f"rendered document is {len(body):,} bytes, over max_document_bytes"
+                f" ({self._max_document_bytes:,})",
+                detail={"bytes": len(body), "limit": self._max_document_bytes},
+            )
         return IndexAction("index", doc_id, version, body, record, routing)
 
     def tombstone(self, record: RawRecord) -> IndexAction:

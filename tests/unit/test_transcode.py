@@ -1,10 +1,14 @@
 """The native transcoder against the Python path it accelerates.
 
-Two properties, on generated schemas and records:
+Properties, on generated schemas and records:
 
 - agreement: for every valid record both paths give the same id, version and document;
 - refusal: whatever bytes it is given, the transcoder accepts nothing the Python path
-  refuses (a refusal sends the record down the Python path, which names the problem).
+  refuses (a refusal sends the record down the Python path, which names the problem);
+- malformed numbers: an ``int`` beyond 32 bits or a ``long`` beyond 64 bits, written where
+  the schema has one, is refused by both paths;
+- hostile blocks: array and map block counts that are negative, INT64_MIN, huge, or add up
+  to more items than a record may hold are refused by both paths (or taken by both alike).
 
 Plus the edges by name: UTF-8, floats, time ranges, big decimals, duplicate map keys,
 and which streams get the fast path at all.
@@ -23,12 +27,14 @@ from typing import Any
 import fastavro
 import orjson
 import pytest
+from fastavro import _write_py
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.avro.catalog import SchemaCatalog
+from ingest.avro.check import RecordChecker
 from ingest.avro.codec import AvroCodec, frame
-from ingest.avro.reader import compile_reader
+from ingest.avro.reader import MAX_ITEMS_PER_RECORD, ReadFailure, compile_reader
 from ingest.avro.transcode import Unsupported, compile_program, fast_path_for, native_available
 from ingest.dev.samples import sample_orders
 from ingest.errors import RecordError
@@ -81,11 +87,20 @@ class Paths:
             HEADER,
             index(settings.id_field),
             index(settings.version_field),
+            max_items=MAX_ITEMS_PER_RECORD,
+            max_document_bytes=settings.max_document_bytes,
         )
 
     def encode(self, record: dict[str, Any]) -> bytes:
         out = io.BytesIO()
         fastavro.schemaless_writer(out, self.parsed, record)
+        return HEADER + out.getvalue()
+
+    def encode_unchecked(self, record: dict[str, Any]) -> bytes:
+        """``record`` as fastavro's pure-Python writer writes it: ints of any size as the
+        varints they make, so out-of-range numbers reach the readers."""
+        out = io.BytesIO()
+        _write_py.schemaless_writer(out, self.parsed, record)
         return HEADER + out.getvalue()
 
     def slow(self, value: bytes, key: bytes | None, offset: int) -> tuple[str, int, Any]:
@@ -196,13 +211,30 @@ _FLOATS = st.one_of(
 )
 
 
-def values(schema: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
-    """Values fastavro can write for ``schema`` (raw JSON form)."""
+#: Numbers beyond what an Avro int / long holds (fastavro's Python writer still writes them).
+_BEYOND: dict[str, st.SearchStrategy[int]] = {
+    "int": st.one_of(
+        st.integers(2**31, 2**63 - 1),
+        st.integers(-(2**63), -(2**31) - 1),
+        st.sampled_from([2**31, -(2**31) - 1, 2**32, 2**63 - 1, -(2**63)]),
+    ),
+    "long": st.one_of(
+        st.integers(2**63, 2**80),
+        st.integers(-(2**80), -(2**63) - 1),
+        st.sampled_from([2**63, -(2**63) - 1, 2**64, 2**64 - 1]),
+    ),
+}
+
+
+def values(schema: Any, named: dict[str, Any], *, beyond: bool = False) -> st.SearchStrategy[Any]:
+    """Values fastavro can write for ``schema`` (raw JSON form); with ``beyond``, ints and
+    longs outside their range too (except in unions, where the writer would pick no branch).
+    """
     if isinstance(schema, list):
         return st.one_of([values(b, named) for b in schema])
     if isinstance(schema, str):
         if schema in named:
-            return values(named[schema], named)
+            return values(named[schema], named, beyond=beyond)
         schema = {"type": schema}
     kind, logical = schema["type"], schema.get("logicalType")
     if logical in ("timestamp-millis", "local-timestamp-millis"):
@@ -227,6 +259,8 @@ def values(schema: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
         "bytes": st.binary(max_size=10),
     }
     if kind in simple:
+        if beyond and kind in _BEYOND:
+            return st.one_of(simple[kind], _BEYOND[kind])
         return simple[kind]
     if kind == "fixed":
         named[schema["name"]] = schema
@@ -235,12 +269,16 @@ def values(schema: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
         named[schema["name"]] = schema
         return st.sampled_from(schema["symbols"])
     if kind == "array":
-        return st.lists(values(schema["items"], named), max_size=3)
+        return st.lists(values(schema["items"], named, beyond=beyond), max_size=3)
     if kind == "map":
-        return st.dictionaries(st.text(max_size=5), values(schema["values"], named), max_size=3)
+        return st.dictionaries(
+            st.text(max_size=5), values(schema["values"], named, beyond=beyond), max_size=3
+        )
     assert kind == "record", kind
     named[schema["name"]] = schema
-    return st.fixed_dictionaries({f["name"]: values(f["type"], named) for f in schema["fields"]})
+    return st.fixed_dictionaries(
+        {f["name"]: values(f["type"], named, beyond=beyond) for f in schema["fields"]}
+    )
 
 
 @st.composite
@@ -312,6 +350,112 @@ def test_the_transcoder_accepts_nothing_the_python_path_refuses(
         pytest.fail(f"the transcoder took bytes the Python path refuses: {exc!r}")
     assert got[:2] == expected[:2]
     assert got[2] == expected[2]
+
+
+@st.composite
+def encoded_beyond(
+    draw: st.DrawFn,
+) -> tuple[Paths, dict[str, Any], bytes, bytes | None, int]:
+    """Like :func:`encoded`, but ints and longs may lie beyond their Avro type's range."""
+    schema, settings = draw(cases())
+    paths = Paths(schema, settings)
+    record = draw(values(schema, {}, beyond=True))
+    key = draw(st.one_of(st.none(), st.binary(max_size=6)))
+    return paths, record, paths.encode_unchecked(record), key, draw(st.integers(0, 2**62))
+
+
+@PROPERTY
+@given(case=encoded_beyond())
+def test_ints_beyond_32_bits_and_longs_beyond_64_are_refused_by_both_paths(
+    case: tuple[Paths, dict[str, Any], bytes, bytes | None, int],
+) -> None:
+    """A zigzag varint can carry more than its type holds: that is malformed Avro, refused
+    while decoding (naming the field), never a number for the index to refuse later."""
+    paths, record, value, key, offset = case
+    beyond = [
+        path
+        for path, why in RecordChecker(paths.parsed).problems(record)
+        if why.startswith("out of range")
+    ]
+    got = paths.fast(value, key, offset)
+    try:
+        expected = paths.slow(value, key, offset)
+    except ReadFailure as exc:
+        assert got is None, "the transcoder took a record the Python reader refuses"
+        assert beyond, f"a valid record failed to decode: {exc}"
+        assert "32-bit range" in str(exc) or "64 bits" in str(exc) or "10 bytes" in str(exc)
+        return
+    except RecordError:  # an unusable id or version, as in the agreement property
+        assert got is None and not beyond
+        return
+    assert not beyond, f"the Python path took numbers beyond their type at {beyond}"
+    assert got is not None and got[:2] == expected[:2] and got[2] == expected[2]
+
+
+#: Zero-size items cost no input bytes: only the per-record budget bounds their number.
+_ITEM_TYPES: dict[str, Any] = {
+    "null": "null",
+    "empty record": {"type": "record", "name": "Empty", "fields": []},
+    "empty fixed": {"type": "fixed", "name": "Nothing", "size": 0},
+    "long": "long",
+}
+_BLOCK_COUNTS = st.one_of(
+    st.integers(1, 4),
+    st.sampled_from(
+        [
+            MAX_ITEMS_PER_RECORD // 2,
+            MAX_ITEMS_PER_RECORD - 1,
+            MAX_ITEMS_PER_RECORD,
+            MAX_ITEMS_PER_RECORD + 1,
+            2**62,
+            2**63 - 1,
+        ]
+    ),
+)
+#: A block: (count, written negative with a byte size, or None for a raw INT64_MIN count).
+_BLOCKS = st.lists(
+    st.one_of(st.tuples(_BLOCK_COUNTS, st.booleans()), st.just((None, True))), max_size=4
+)
+
+
+def blocks_body(item: str, blocks: list[tuple[int | None, bool]]) -> tuple[bytes, int | None]:
+    """The Avro array made of ``blocks`` and its total count (None if one is INT64_MIN).
+
+    Long items are written as 0, 1, 2, ... for at most 4 of them: a larger count runs out
+    of bytes, which both paths must refuse anyway.
+    """
+    body = bytearray()
+    total: int | None = 0
+    for count, negative in blocks:
+        items = b"" if item != "long" or count is None else bytes(range(0, 2 * min(count, 4), 2))
+        if count is None:
+            body += zigzag(-(2**63)) + zigzag(len(items))
+            total = None
+        else:
+            body += zigzag(-count) + zigzag(len(items)) if negative else zigzag(count)
+            total = None if total is None else total + count
+        body += items
+    return bytes(body + zigzag(0)), total
+
+
+@settings(PROPERTY, max_examples=120)
+@given(item=st.sampled_from(sorted(_ITEM_TYPES)), blocks=_BLOCKS)
+def test_hostile_block_counts_are_refused_by_both_paths(
+    item: str, blocks: list[tuple[int | None, bool]]
+) -> None:
+    """Negative counts (with their byte size), INT64_MIN (whose negation C cannot
+    represent), counts beyond the input, and blocks adding up to more items than a record
+    may hold: the transcoder accepts exactly what the Python path accepts."""
+    paths = one_field({"type": "array", "items": _ITEM_TYPES[item]})
+    avro, total = blocks_body(item, blocks)
+    fast, slow = raw(paths, avro)
+    if total is None or total > MAX_ITEMS_PER_RECORD:
+        assert fast is None, "the transcoder took a record over the item budget"
+        assert isinstance(slow, Exception)
+    elif isinstance(slow, Exception):
+        assert fast is None
+    else:
+        assert fast is not None and fast[:2] == slow[:2] and fast[2] == slow[2]
 
 
 def test_sample_orders_give_byte_identical_documents() -> None:
@@ -482,9 +626,10 @@ def test_duplicate_map_keys_take_the_python_path() -> None:
     assert fast is None and slow[2]["x"]["07"] == 1
 
 
-def test_varints_beyond_64_bits_take_the_python_path() -> None:
-    fast, _ = raw(one_field("long"), b"\xff" * 9 + b"\x7f")
+def test_varints_beyond_64_bits_are_refused_by_both_paths() -> None:
+    fast, slow = raw(one_field("long"), b"\xff" * 9 + b"\x7f")
     assert fast is None
+    assert isinstance(slow, ReadFailure) and "beyond 64 bits" in str(slow)
     fast, slow = raw(one_field("long"), zigzag(-(2**63)))
     assert fast == slow and fast is not None and fast[2] == {"x": -(2**63)}
 
