@@ -15,6 +15,7 @@ from typing import Any
 
 import fastavro
 import pytest
+from fastavro import _write_py
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -250,7 +251,7 @@ def test_hostile_lengths_fail_fast(codec: AvroCodec) -> None:
     huge = b"\xfe\xff\xff\xff\xff\xff\xff\xff\x7f"  # zigzag of a number near 2**62
     with pytest.raises(DecodeError, match="does not fit"):
         codec.decode(frame(2, huge))
-    for items in ("long", "null"):
+    for items, problem in (("long", "block count too large"), ("null", "per-record limit")):
         schema = fastavro.parse_schema(
             {
                 "type": "record",
@@ -259,8 +260,56 @@ def test_hostile_lengths_fail_fast(codec: AvroCodec) -> None:
             },
             named_schemas={},
         )
-        with pytest.raises(ReadFailure, match="block count too large"):
+        with pytest.raises(ReadFailure, match=problem):
             compile_reader(schema)(huge + b"\x02" * 10, 0)
+
+
+def zigzag(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    return bytes(out) + bytes([z])
+
+
+def test_an_int_beyond_32_bits_is_a_decode_error_naming_the_field(codec: AvroCodec) -> None:
+    """The varint of an int can carry 64 bits; beyond 32 the record is malformed Avro."""
+    order = orders(1)[0]
+    order["items"][0]["quantity"] = 2**40
+    out = io.BytesIO()
+    _write_py.schemaless_writer(out, V2.schema, order)  # writes what codec.encode refuses
+    with pytest.raises(DecodeError, match=r"items\[\]\.quantity: int value outside the signed 32"):
+        codec.decode(frame(V2.schema_id, out.getvalue()))
+    order["items"][0]["quantity"] = 2**31 - 1
+    assert codec.decode(codec.encode(order))["items"][0]["quantity"] == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    ("avro", "problem"),
+    [
+        pytest.param(zigzag(2**31) + b"\x00", "int value outside the signed 32", id="int"),
+        pytest.param(zigzag(1) + zigzag(2**20) * 3 + b"\x00", "per-record limit", id="bomb"),
+    ],
+)
+def test_fastavros_resolving_path_refuses_what_the_compiled_reader_refuses(
+    tmp_path: Path, avro: bytes, problem: str
+) -> None:
+    """Resolution (an int read as a long) goes through fastavro, which would take an int
+    beyond 32 bits and follow any number of blocks; the writer's compiled reader checks
+    the bytes first."""
+    xs = {"name": "xs", "type": {"type": "array", "items": "null"}}
+    catalog = write_catalog(
+        tmp_path,
+        {
+            "old": {"type": "record", "name": "P", "fields": [{"name": "a", "type": "int"}, xs]},
+            "new": {"type": "record", "name": "P", "fields": [{"name": "a", "type": "long"}, xs]},
+        },
+    )
+    codec = AvroCodec(catalog, "new")
+    assert codec.decode(frame(1, zigzag(5) + zigzag(2) + b"\x00")) == {"a": 5, "xs": [None] * 2}
+    with pytest.raises(DecodeError, match=problem):
+        codec.decode(frame(1, avro))
 
 
 def write_catalog(root: Path, schemas: dict[str, dict[str, Any]]) -> SchemaCatalog:
