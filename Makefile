@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 STATE  := .ingest-dev
 COUNT  ?= 20000
 
-.PHONY: install run demo test test-fast lint typecheck bench clean dev-up dev-down
+.PHONY: install run demo test test-fast sanitize lint typecheck bench clean dev-up dev-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
+
+## sanitize: the native transcoder's property tests under ASan + UBSan (its own build, in build/).
+sanitize: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/sanitize.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check ingest backfill tests bench

@@ -20,6 +20,7 @@ import datetime as dt
 import io
 import itertools
 import math
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -292,7 +293,12 @@ def encoded(draw: st.DrawFn) -> tuple[Paths, bytes, bytes | None, int]:
 
 # ----------------------------------------------------------------------- properties
 
-PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Examples per property. ``make sanitize`` asks for fewer (``TRANSCODE_EXAMPLES``): there
+#: every allocation goes through AddressSanitizer, several times slower.
+EXAMPLES = int(os.environ.get("TRANSCODE_EXAMPLES", "400"))
+PROPERTY = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @PROPERTY
@@ -438,7 +444,7 @@ def blocks_body(item: str, blocks: list[tuple[int | None, bool]]) -> tuple[bytes
     return bytes(body + zigzag(0)), total
 
 
-@settings(PROPERTY, max_examples=120)
+@settings(PROPERTY, max_examples=max(20, EXAMPLES * 3 // 10))
 @given(item=st.sampled_from(sorted(_ITEM_TYPES)), blocks=_BLOCKS)
 def test_hostile_block_counts_are_refused_by_both_paths(
     item: str, blocks: list[tuple[int | None, bool]]
