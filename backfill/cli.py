@@ -214,7 +214,7 @@ def history_url(database: str | None, config_path: Path | None) -> None:
     click.echo(f"db_connection = {luigi_cfg_value(url)}")
 
 
-main.add_command(reindex_command)  # backfill/reindex.py: zero-downtime reindex, rollback
+main.add_command(reindex_command)  # backfill/reindex/: zero-downtime reindex, rollback
 
 if __name__ == "__main__":  # pragma: no cover
     main()
