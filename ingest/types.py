@@ -10,15 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-#: Where a record came from. Kafka records use ``topic``/``partition``/``offset``; archive
-#: files use ``source="file:<sha256>"`` with ``topic`` = path, ``partition`` = 0 and
-#: ``offset`` = the record's index inside the file.
-Origin = Literal["kafka", "file"]
-
 
 @dataclass(slots=True)
 class RawRecord:
-    """One record as read from its source, bytes untouched."""
+    """One record as read from its source, bytes untouched.
+
+    Kafka records use ``topic``/``partition``/``offset``; archive files use
+    ``source="file:<sha256>"`` with ``topic`` = path, ``partition`` = 0 and ``offset`` = the
+    record's index inside the file.
+    """
 
     topic: str
     partition: int

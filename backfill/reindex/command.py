@@ -7,17 +7,9 @@ import socket
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 import structlog
-
-from ingest.cli._common import config_option, fail_cleanly, load
-from ingest.errors import ConfigError, IngestError
-from ingest.settings import Settings
-
-if TYPE_CHECKING:  # the ledger pulls in psycopg: kept out of `backfill --help`
-    pass
 
 from backfill.reindex.fills import (
     StreamFiller,
@@ -33,6 +25,9 @@ from backfill.reindex.plan import (
     SOURCES,
     ReindexError,
 )
+from ingest.cli._common import config_option, fail_cleanly, load
+from ingest.errors import ConfigError, IngestError
+from ingest.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -5,23 +5,19 @@ from the old index keeping each document's version.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import structlog
-
-from ingest.errors import ConfigError
-from ingest.settings import StreamSettings
-from ingest.types import IndexAction, RawRecord
-
-if TYPE_CHECKING:  # the ledger pulls in psycopg: kept out of `backfill --help`
-    pass
 
 from backfill.reindex.plan import (
     FillJob,
     FillResult,
     ReindexError,
 )
+from ingest.errors import ConfigError
+from ingest.settings import StreamSettings
+from ingest.types import IndexAction, RawRecord
 
 log = structlog.get_logger(__name__)
 

@@ -39,9 +39,6 @@ PAUSE_POINTS: tuple[str, ...] = (
     "swapped",
 )
 
-#: Durable steps stored in ``details.reindex.step``: the last one completed.
-STEPS: tuple[str, ...] = ("created", "acked", "filled", "verified", "swapped")
-
 #: Settings of an index being filled: Elasticsearch's bulk-load guidance (no refresh, no
 #: replicas), and delete tombstones kept long enough that a delete dual-written before the
 #: fill copies an older version of the document still wins (the default keeps them 60 s).

@@ -246,8 +246,3 @@ def _decimal_problem(value: decimal.Decimal, schema: dict[str, Any]) -> str | No
     if len(digits) + (exponent + scale) > precision:
         return f"has more than {precision} digits"
     return None
-
-
-def record_problems(record: Any, schema: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every ``(field path, problem)`` of ``record`` against ``schema`` (fastavro-parsed)."""
-    return RecordChecker(schema).problems(record)

@@ -62,9 +62,9 @@ class Health:
     """Thread-safe progress state written by the processing loop, read by ``/readyz``.
 
     The loop calls :meth:`set_connected` once it has reached Kafka, the search server and
-    the ledger, :meth:`retry_started` / :meth:`retry_ended` around a transient-failure retry
-    loop, :meth:`flushed` after each successful flush (which also ends a retry), and
-    optionally :meth:`beat` once per iteration so ``/healthz`` can notice a wedged loop.
+    the ledger, :meth:`retry_started` when a transient failure is retried, :meth:`flushed`
+    after each successful flush (which ends the retry), and optionally :meth:`beat` once per
+    iteration so ``/healthz`` can notice a wedged loop.
     None of these block beyond a short lock.
 
     Retry state is kept per ``stream`` (default ``""``) so that, with one worker thread per
@@ -93,10 +93,6 @@ class Health:
         with self._lock:
             return self._connected
 
-    @connected.setter
-    def connected(self, value: bool) -> None:
-        self.set_connected(value)
-
     def set_connected(self, connected: bool) -> None:
         """Whether every backend (Kafka, search, ledger) is reachable right now."""
         with self._lock:
@@ -108,17 +104,6 @@ class Health:
         now = self._now(now)
         with self._lock:
             self._retrying.setdefault(stream, now)
-
-    def retry_ended(self, *, stream: str = "") -> None:
-        """The stream's retry loop is over (it succeeded, or the daemon is stopping)."""
-        with self._lock:
-            self._retrying.pop(stream, None)
-
-    def progressed(self, now: float | None = None) -> None:
-        """Records moved forward (consumed, dead-lettered, or a flush completed)."""
-        now = self._now(now)
-        with self._lock:
-            self._last_progress_at = now
 
     def flushed(self, now: float | None = None, *, stream: str = "") -> None:
         """A flush of ``stream`` completed (sink written, ledger committed): ends its retry."""

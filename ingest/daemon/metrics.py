@@ -257,14 +257,10 @@ class Metrics:
 
     def retry(self, stream: str) -> None:
         """One retry attempt after a transient failure; the stream counts as in retry until
-        the next :meth:`flushed` or :meth:`retry_ended`."""
+        the next :meth:`flushed`."""
         c = self._children(stream)
         c.retries.inc()
         c.in_retry.set(1)
-
-    def retry_ended(self, stream: str) -> None:
-        """The retry loop finished without a flush (e.g. shutdown); clears ``in_retry``."""
-        self._children(stream).in_retry.set(0)
 
     def lag(self, stream: str, partition: int, n: int) -> None:
         """Records between the next offset to read and the partition's high watermark."""
@@ -273,13 +269,6 @@ class Metrics:
         if child is None:
             child = c.lag[partition] = self._lag.labels(stream, str(partition))
         child.set(n)
-
-    def forget_partition(self, stream: str, partition: int) -> None:
-        """Drop the lag series of a revoked partition, so another member's report is not
-        shadowed by a stale value from this one."""
-        c = self._children(stream)
-        if c.lag.pop(partition, None) is not None:
-            self._lag.remove(stream, str(partition))
 
     def buffered(self, stream: str, n_bytes: int) -> None:
         """Bytes currently held in memory for the stream (set, not added)."""

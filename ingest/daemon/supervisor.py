@@ -15,7 +15,7 @@ from types import FrameType
 
 import structlog
 
-from ingest.daemon.health import Health
+from ingest.daemon.health import Health, serve
 from ingest.daemon.metrics import Metrics
 from ingest.daemon.worker import StreamWorker
 from ingest.errors import ConfigError, FatalError, TransientError
@@ -63,8 +63,6 @@ class Daemon:
             self.health.set_connected(True)
             server = None
             if self.settings.runtime.metrics_port is not None:
-                from ingest.daemon.health import serve
-
                 server = serve(
                     self.settings.runtime.metrics_port,
                     self.metrics,

@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -587,16 +587,6 @@ def start_stack(
     return stack
 
 
-@contextlib.contextmanager
-def running_stack(workdir: Path, *, postgres_dsn: str | None = None) -> Iterator[RunningStack]:
-    """``with running_stack(tmp) as stack:`` — start, yield, always stop."""
-    stack = start_stack(workdir, postgres_dsn=postgres_dsn)
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
 def _read_state(state_dir: Path) -> dict[str, Any] | None:
     path = state_dir / STATE_FILE
     try:
@@ -734,16 +724,8 @@ def dev_down(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
     return stopped
 
 
-def load_endpoints(state_dir: Path = DEFAULT_STATE_DIR) -> StackEndpoints | None:
-    """The endpoints recorded by :func:`dev_up`, or None when no stack is recorded."""
-    state = _read_state(Path(state_dir))
-    if state is None or "endpoints" not in state:
-        return None
-    return StackEndpoints(**state["endpoints"])
-
-
 def env_exports(endpoints: StackEndpoints) -> list[str]:
-    """Shell lines pointing the ingester at ``endpoints`` (``eval "$(ingest dev env)"``)."""
+    """Shell lines pointing the ingester at ``endpoints`` (``eval "$(ingest dev up)"``)."""
     return [f"export {name}={shlex.quote(value)}" for name, value in env_vars(endpoints).items()]
 
 

@@ -55,9 +55,6 @@ class FakeClock:
             "ok: last flush 50.0s ago",
             id="flush-ends-retry",
         ),
-        pytest.param(
-            ["connect", "retry@900", "retry_end"], 1000.0, True, "ok: no flush yet", id="retry-end"
-        ),
         pytest.param(["connect", "disconnect"], 1000.0, False, "not connected", id="lost"),
         pytest.param(["connect", "stopping"], 1000.0, False, "shutting down", id="stopping"),
         pytest.param(
@@ -74,13 +71,11 @@ def test_ready(setup: list[str], now: float, ready: bool, reason: str) -> None:
         if name == "connect":
             h.set_connected(True)
         elif name == "disconnect":
-            h.connected = False
+            h.set_connected(False)
         elif name == "flush":
             h.flushed(t)
         elif name == "retry":
             h.retry_started(t)
-        elif name == "retry_end":
-            h.retry_ended()
         elif name == "stopping":
             h.shutting_down()
         elif name == "exit":
@@ -110,17 +105,16 @@ def test_retry_state_is_per_stream() -> None:
         False,
         "retrying on stream orders for 40.0s (limit 30s)",
     )
-    h.retry_ended(stream="orders")
+    h.flushed(140.0, stream="orders")
     assert h.retrying_since is None
     assert h.ready(140.0, max_retry_stuck_s=30)[0] is True
 
 
 def test_flush_records_progress() -> None:
-    """flushed() sets last flush and progress; progressed() moves progress only."""
+    """flushed() sets both the last flush and the last progress."""
     h = Health()
     h.flushed(10.0)
-    h.progressed(12.0)
-    assert (h.last_flush_at, h.last_progress_at) == (10.0, 12.0)
+    assert (h.last_flush_at, h.last_progress_at) == (10.0, 10.0)
     snap = h.snapshot()
     assert snap.last_flush_at == 10.0
     assert snap.retrying_since is None

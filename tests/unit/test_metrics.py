@@ -64,7 +64,7 @@ def test_flushed_without_time_uses_wall_clock() -> None:
 
 
 def test_retry_sets_in_retry_until_flush() -> None:
-    """retry() counts attempts and raises in_retry; a flush or retry_ended clears it."""
+    """retry() counts attempts and raises in_retry; a flush clears it."""
     m = Metrics(process_metrics=False)
     m.retry("orders")
     m.retry("orders")
@@ -72,10 +72,7 @@ def test_retry_sets_in_retry_until_flush() -> None:
     assert _v(m, "in_retry", stream="orders") == 1
     m.flushed("orders", batch_records=1, took_s=0.1)
     assert _v(m, "in_retry", stream="orders") == 0
-    m.retry("orders")
-    m.retry_ended("orders")
-    assert _v(m, "in_retry", stream="orders") == 0
-    assert _v(m, "retries_total", stream="orders") == 3
+    assert _v(m, "retries_total", stream="orders") == 2
 
 
 def test_lag_and_buffered_are_set_not_added() -> None:
@@ -89,19 +86,6 @@ def test_lag_and_buffered_are_set_not_added() -> None:
     assert _v(m, "lag_records", stream="orders", partition="0") == 40
     assert _v(m, "lag_records", stream="orders", partition="1") == 7
     assert _v(m, "buffered_bytes", stream="orders") == 1024
-
-
-def test_forget_partition_removes_its_lag_series() -> None:
-    """A revoked partition's lag series disappears; others stay."""
-    m = Metrics(process_metrics=False)
-    m.lag("orders", 0, 5)
-    m.lag("orders", 1, 6)
-    m.forget_partition("orders", 0)
-    m.forget_partition("orders", 9)  # unknown partitions are ignored
-    assert _v(m, "lag_records", stream="orders", partition="0") is None
-    assert _v(m, "lag_records", stream="orders", partition="1") == 6
-    m.lag("orders", 0, 2)  # reassigned later: the series comes back
-    assert _v(m, "lag_records", stream="orders", partition="0") == 2
 
 
 def test_register_stream_exposes_zero_series() -> None:
