@@ -126,7 +126,7 @@ class StreamFiller:
 
 
 def hit_action(hit: Mapping[str, Any], source_index: str, n: int) -> IndexAction:
-    """A search hit as an index action keeping its version (PITFALLS #3: never re-version)."""
+    """A search hit as an index action keeping its version (docs/design.md#versions)."""
     doc_id = str(hit["_id"])
     return IndexAction(
         op="index",

@@ -3,8 +3,8 @@
 ``schemas list`` reads only the schema directory: every subject's versions and which one each
 configured stream reads with. ``schemas diff --stream S`` compares the mapping of the index
 behind the stream's alias with the mapping derived from the current reader schema plus the
-stream's overrides, and says which kind of change it is (PITFALLS #10: a mapping change is an
-explicit step):
+stream's overrides, and says which kind of change it is (a mapping change is an explicit
+step, docs/design.md#mappings):
 
 - nothing: the index is up to date;
 - only added fields: ``PUT _mapping`` applies them to the live index (``--apply``), no

@@ -1,9 +1,9 @@
 """Liveness and readiness of the daemon, and the small HTTP server that exposes them.
 
 :class:`Health` is the daemon's progress record, written by the processing loop and read by
-the HTTP thread (hence the lock). Readiness reflects *progress*, not liveness (PITFALLS #7:
-a task that says RUNNING while stuck): the daemon is ready only while it is connected and not
-stuck retrying a transient failure for longer than a threshold. Liveness only says the
+the HTTP thread (hence the lock). Readiness reflects *progress*, not liveness (a task that says
+RUNNING while stuck, docs/design.md#readiness): the daemon is ready only while it is connected and
+not stuck retrying a transient failure for longer than a threshold. Liveness only says the
 processing loop is still turning; a supervisor restarts the process when it is not.
 
 Time is always passed in (``now`` arguments, or the ``clock`` given to :class:`Health`), so

@@ -25,7 +25,7 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             # A stored position outside the log means the topic was recreated or truncated:
-            # surface it as an error instead of silently jumping (PITFALLS #3).
+            # surface it as an error instead of silently jumping (docs/design.md#recreated-topics).
             "auto.offset.reset": "error",
             "session.timeout.ms": settings.kafka.session_timeout_ms,
             "heartbeat.interval.ms": max(100, settings.kafka.session_timeout_ms // 4),

@@ -81,7 +81,7 @@ class KafkaRangeReader:
 
         Reads from the start until end-of-partition and takes the fetch response's high
         watermark, which is right on every broker (tansu's ListOffsets "latest" is not for
-        batched produce, see LOCAL-STACK.md). Cheap on Apache Kafka too: the last fetch
+        batched produce, see docs/local-stack.md). Cheap on Apache Kafka too: the last fetch
         carries it.
         """
         consumer = self._consumer()

@@ -1,8 +1,9 @@
 """The bulk sink: write index/delete actions with external versions and account for every item.
 
 :class:`BulkSink` builds the ``_bulk`` NDJSON itself (never ``helpers.bulk``, which skips later
-chunks once one fails — PITFALLS #13), sends it through :class:`~ingest.search.client.SearchClient`
-and classifies **every** item of the response (PITFALLS #1, #4, #8):
+chunks once one fails — docs/design.md#bulk-bodies), sends it through
+:class:`~ingest.search.client.SearchClient` and classifies **every** item of the response
+(docs/design.md#item-results):
 
 ===========================================  ===============================================
 item answer                                  outcome

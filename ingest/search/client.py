@@ -2,9 +2,9 @@
 
 :func:`connect_search` asks ``GET /`` for ``version.distribution`` (unless the settings force a
 kind) and returns a :class:`SearchClient` backed by the official ``elasticsearch`` client for
-Elasticsearch and by ``opensearch-py`` for OpenSearch (PITFALLS #9: a version check must not
-lock either out). Every method is one REST call sent through the library's
-``perform_request`` — the two REST APIs are identical for what the ingester needs, so the
+Elasticsearch and by ``opensearch-py`` for OpenSearch (a version check must not lock
+either out, docs/design.md#cluster-kind). Every method is one REST call sent through the
+library's ``perform_request`` — the two REST APIs are identical for what the ingester needs, so the
 paths are written once and the libraries contribute connection pooling, authentication, TLS
 and their error classes. Bulk bodies are posted as the caller's bytes, never re-serialized.
 

@@ -59,7 +59,8 @@ def test_duplicates_and_corrupt_payloads_converge_to_exact_state(
 def test_restart_resumes_where_the_ledger_says(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    """A second run after a clean stop reads only what was produced since (PITFALLS #5)."""
+    """A second run after a clean stop reads only what was produced since
+    (docs/design.md#restarts)."""
     settings = make_settings(partitions=2)
     config = write_config(settings, tmp_path / "c.toml")
     first = run_produce(settings, "orders", 200, seed=1)
@@ -149,8 +150,9 @@ def test_dead_letters_also_go_to_the_dead_letter_topic(
 def test_recreated_topic_stops_with_a_clear_error(
     make_settings: Callable[..., Settings], kafka_admin: Any, tmp_path: Path
 ) -> None:
-    """PITFALLS #3: when the ledger's offset lies beyond a recreated topic's log, the daemon
-    refuses to go on (offset versions would silently lose) instead of swallowing 409s."""
+    """When the ledger's offset lies beyond a recreated topic's log, the daemon refuses to go
+    on (offset versions would silently lose) instead of swallowing 409s
+    (docs/design.md#recreated-topics)."""
     from confluent_kafka.admin import NewTopic
 
     settings = make_settings(partitions=1, version_field=None, runtime={"heartbeat_s": 1})

@@ -1,10 +1,11 @@
 """A real central scheduler: luigid recording task history in the real PostgreSQL.
 
-PITFALLS #14: Luigi's task history has broken on some databases and SQLAlchemy versions,
-so this runs the venv's luigid (its SQLAlchemy, the psycopg 3 dialect) against the embedded
-PostgreSQL, drives it with a ``backfill`` using two worker processes, and reads Luigi's
-tables back. It also checks that no secret reaches them: credentials are given to the
-backfill only through the environment, and parameters never carry them.
+Luigi's task history has broken on some databases and SQLAlchemy versions
+(docs/design.md#luigi-task-history), so this runs the venv's luigid (its SQLAlchemy, the
+psycopg 3 dialect) against the embedded PostgreSQL, drives it with a ``backfill`` using two
+worker processes, and reads Luigi's tables back. It also checks that no secret reaches them:
+credentials are given to the backfill only through the environment, and parameters never
+carry them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Consumers use ``assign()`` at offset 0 with no group (tansu's group joins are slow) and
 stop at partition EOF. Watermarks come from fetches, not ListOffsets: tansu answers
-ListOffsets "latest" wrongly for batched produce (see LOCAL-STACK.md).
+ListOffsets "latest" wrongly for batched produce (see docs/local-stack.md).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 - answer 429/503 itself, for N requests or T seconds (``fail``);
 - hold the response past a client's timeout, after forwarding or instead of it (``delay``);
 - answer a ``_bulk`` request with HTTP 200, ``errors: true`` and item-level 429/503 for some
-  items (``reject_items``, PITFALLS #1). The rejected items are *withheld* from the server by
-  default, so the index really lacks them — as when Elasticsearch rejects them — and a
+  items (``reject_items``, docs/design.md#item-results). The rejected items are *withheld* from the
+  server by default, so the index really lacks them — as when Elasticsearch rejects them — and a
   client that does not retry them loses them visibly.
 
 :class:`TcpFaultProxy` relays raw TCP (PostgreSQL; Kafka only when the broker advertises
