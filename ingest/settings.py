@@ -190,6 +190,106 @@ class IndexSettings(_Frozen):
     field_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+#: Kafka's topic-level configs (``kafka-configs --entity-type topics``); a key outside them
+#: (or Confluent's ``confluent.*``) is a typo that Apache Kafka would refuse at creation.
+TOPIC_CONFIG_KEYS = frozenset(
+    {
+        "cleanup.policy",
+        "compression.gzip.level",
+        "compression.lz4.level",
+        "compression.type",
+        "compression.zstd.level",
+        "delete.retention.ms",
+        "file.delete.delay.ms",
+        "flush.messages",
+        "flush.ms",
+        "follower.replication.throttled.replicas",
+        "index.interval.bytes",
+        "leader.replication.throttled.replicas",
+        "local.retention.bytes",
+        "local.retention.ms",
+        "max.compaction.lag.ms",
+        "max.message.bytes",
+        "message.downconversion.enable",
+        "message.format.version",
+        "message.timestamp.after.max.ms",
+        "message.timestamp.before.max.ms",
+        "message.timestamp.difference.max.ms",
+        "message.timestamp.type",
+        "min.cleanable.dirty.ratio",
+        "min.compaction.lag.ms",
+        "min.insync.replicas",
+        "preallocate",
+        "remote.log.copy.disable",
+        "remote.log.delete.on.disable",
+        "remote.storage.enable",
+        "retention.bytes",
+        "retention.ms",
+        "segment.bytes",
+        "segment.index.bytes",
+        "segment.jitter.ms",
+        "segment.ms",
+        "unclean.leader.election.enable",
+    }
+)
+_CLEANUP_POLICIES = {"delete", "compact", "compact,delete", "delete,compact"}
+
+
+class TopicSettings(_Frozen):
+    """How ``ingest topics ensure`` creates the stream's topic when it is missing.
+
+    An existing topic is only compared with these, never changed: repartitioning moves keys
+    between partitions (breaking per-key order) and is an operator's decision.
+    """
+
+    partitions: int = Field(default=1, ge=1, le=100_000)
+    #: Unset means the broker's ``default.replication.factor``.
+    replication_factor: int | None = Field(default=None, ge=1, le=32_767)
+    #: Topic-level configs, e.g. {"retention.ms" = 604800000, "cleanup.policy" = "delete"}.
+    configs: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("configs", mode="before")
+    @classmethod
+    def _configs(cls, v: Any) -> Any:
+        """TOML numbers and booleans become the strings Kafka's admin API carries."""
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, Any] = {}
+        for key, value in v.items():
+            if key not in TOPIC_CONFIG_KEYS and not str(key).startswith("confluent."):
+                raise ValueError(f"unknown Kafka topic config {key!r}")
+            if isinstance(value, bool):
+                out[key] = "true" if value else "false"
+            elif isinstance(value, int | float):
+                out[key] = str(value)
+            else:
+                out[key] = value
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TopicSettings:
+        policy = self.configs.get("cleanup.policy")
+        if policy is not None and policy.replace(" ", "") not in _CLEANUP_POLICIES:
+            raise ValueError(
+                f"cleanup.policy {policy!r}: expected 'delete', 'compact' or 'compact,delete'"
+            )
+        min_isr = self.configs.get("min.insync.replicas")
+        if min_isr is not None:
+            if not min_isr.isdigit() or int(min_isr) < 1:
+                raise ValueError(f"min.insync.replicas {min_isr!r}: expected an integer >= 1")
+            rf = self.replication_factor
+            if rf is not None and int(min_isr) > rf:
+                raise ValueError(
+                    f"min.insync.replicas {min_isr} exceeds replication_factor {rf}:"
+                    " no write could ever be acknowledged"
+                )
+        for key in ("retention.ms", "retention.bytes"):
+            value = self.configs.get(key)
+            if value is not None and not (value.lstrip("-").isdigit() and int(value) >= -1):
+                raise ValueError(f"{key} {value!r}: expected an integer >= -1 (-1 = unlimited)")
+        return self
+
+
 class StreamSettings(_Frozen):
     name: str
     topic: str
@@ -218,6 +318,8 @@ class StreamSettings(_Frozen):
     #: Kafka header carrying the routing value of a tombstone, which has no record fields.
     routing_header: str | None = None
     index: IndexSettings = Field(default_factory=IndexSettings)
+    #: ``[streams.topic_settings]``: partitions, replication and configs for `ingest topics`.
+    topic_settings: TopicSettings = Field(default_factory=TopicSettings)
 
     @model_validator(mode="after")
     def _routing_of_deletes(self) -> StreamSettings:

@@ -31,8 +31,9 @@ def _register_commands() -> None:
     from ingest.cli.run import run
     from ingest.cli.schemas import schemas
     from ingest.cli.status import status
+    from ingest.cli.topics import topics
 
-    for command in (run, produce, dev, ledger, status, dlq, schemas):
+    for command in (run, produce, topics, dev, ledger, status, dlq, schemas):
         main.add_command(command)
     ledger.add_command(grant)
 

@@ -20,6 +20,7 @@ from ingest.daemon.metrics import Metrics
 from ingest.daemon.worker import StreamWorker
 from ingest.errors import ConfigError, FatalError, TransientError
 from ingest.kafka.ranges import KafkaRangeReader
+from ingest.kafka.topics import missing_topic_message
 from ingest.pipeline.wiring import Components, open_components
 from ingest.settings import Settings, StreamSettings
 
@@ -36,6 +37,9 @@ def check_topics(settings: Settings, streams: Sequence[StreamSettings]) -> None:
             raise ConfigError(
                 f"Kafka at {settings.kafka.bootstrap_servers} is unreachable: {exc}"
             ) from None
+        except ConfigError:
+            bootstrap = settings.kafka.bootstrap_servers
+            raise ConfigError(missing_topic_message(stream.topic, stream.name, bootstrap)) from None
 
 
 class Daemon:

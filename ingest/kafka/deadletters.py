@@ -61,7 +61,10 @@ class DeadLetterTopic:
             raise ConfigError(f"dead-letter topic {topic!r}: {exc.args[0].str()}") from None
         info = meta.topics.get(topic)
         if info is None or (info.error is not None and info.error.code() != KafkaError.NO_ERROR):
-            raise ConfigError(f"dead-letter topic {topic!r} does not exist on the broker")
+            raise ConfigError(
+                f"dead-letter topic {topic!r} does not exist on the broker;"
+                " run `ingest topics ensure`"
+            )
 
     def __call__(self, dead_letters: Sequence[DeadLetter]) -> None:
         """Send and wait for every delivery; TransientError (batch retried) if any failed."""

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from ingest.avro.catalog import SchemaCatalog
 from ingest.avro.codec import AvroCodec
 from ingest.errors import ConfigError, OversizeError, TransientError
+from ingest.kafka.topics import missing_topic_message
 from ingest.settings import Settings, StreamSettings
 
 log = structlog.get_logger(__name__)
@@ -104,9 +105,14 @@ class RecordProducer:
                 f" {exc.args[0].str()}"
             ) from None
         info = meta.topics.get(topic)
-        if info is None or (info.error is not None and info.error.code() != KafkaError.NO_ERROR):
-            reason = info.error.str() if info is not None and info.error else "not in metadata"
-            raise ConfigError(f"kafka topic {topic!r} is not usable on {self._bootstrap}: {reason}")
+        if info is None or (
+            info.error is not None and info.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        ):
+            raise ConfigError(missing_topic_message(topic, self.stream.name, self._bootstrap))
+        if info.error is not None and info.error.code() != KafkaError.NO_ERROR:
+            raise ConfigError(
+                f"kafka topic {topic!r} is not usable on {self._bootstrap}: {info.error.str()}"
+            )
 
     def _on_error(self, err: KafkaError) -> None:
         log.warning("kafka_client_error", error=err.str(), fatal=err.fatal())
