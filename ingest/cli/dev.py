@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ingest.cli._common import fail_cleanly
+from ingest.cli._common import config_option, fail_cleanly, load
 
 
 @click.group()
@@ -24,16 +24,30 @@ _STATE_DIR = click.option(
 
 @dev.command("up")
 @_STATE_DIR
+@config_option
 @fail_cleanly
-def dev_up(state_dir: Path) -> None:
-    """Start the stack on free loopback ports; prints `export` lines for it."""
+def dev_up(state_dir: Path, config_path: Path | None) -> None:
+    """Start the stack on free loopback ports; prints `export` lines for it.
+
+    When a config is found (--config, $INGEST_CONFIG or ./ingest.toml), its streams' topics
+    are created on the new broker too, as `ingest topics ensure` would; what was done goes to
+    stderr, so `eval "$(ingest dev up)"` only sees the exports.
+    """
     from ingest.dev.stack import dev_up as up
     from ingest.dev.stack import env_exports
     from ingest.settings import external_ledger_dsn
 
+    settings = load(config_path, log_level="WARNING")  # a bad config fails before any start
     endpoints = up(state_dir, postgres_dsn=external_ledger_dsn())
     for line in env_exports(endpoints):
         click.echo(line)
+    if settings.streams:
+        from ingest.kafka.topics import KafkaTopicAdmin, topic_specs
+
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": endpoints.kafka_bootstrap})
+        local = settings.model_copy(update={"kafka": kafka})
+        for report in KafkaTopicAdmin(local).ensure(topic_specs(local.streams)):
+            click.echo(f"topic {report.line()}", err=True)
 
 
 @dev.command("status")

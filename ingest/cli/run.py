@@ -25,7 +25,8 @@ def run(
     metrics_host: str | None,
     log_level: str,
 ) -> None:
-    """Run the consumer daemon until SIGTERM/SIGINT."""
+    """Run the consumer daemon until SIGTERM/SIGINT; then print a one-line summary."""
+    from ingest.daemon.summary import summary_line
     from ingest.daemon.supervisor import Daemon
 
     settings = load(config_path, log_level=log_level)
@@ -37,4 +38,7 @@ def run(
     chosen = [settings.stream(n) for n in streams] if streams else list(settings.streams)
     if not chosen:
         raise ConfigError("no streams configured: add a [[streams]] table to the config")
-    sys.exit(Daemon(settings, chosen).run())
+    daemon = Daemon(settings, chosen)
+    code = daemon.run()
+    click.echo(summary_line(daemon.metrics), err=True)
+    sys.exit(code)
