@@ -117,6 +117,11 @@ START_TIME = [
         "transform hook 'nosuch.module:fn'",
         id="transform-hook-missing",
     ),
+    pytest.param(
+        lambda _data: None,  # the test's topic is never created here
+        "run `ingest topics ensure --stream orders`",
+        id="topic-missing",
+    ),
 ]
 
 
