@@ -174,7 +174,11 @@ def test_a_missing_topic_is_refused_not_created(
     from confluent_kafka.admin import AdminClient
 
     settings = make_settings(partitions=None, topic=unique + "-missing")
-    with pytest.raises(ConfigError, match=r"topic '.*-missing' is not usable.*nknown topic"):
+    with pytest.raises(
+        ConfigError,
+        match=r"topic '.*-missing' of stream 'orders' does not exist on .*;"
+        r" run `ingest topics ensure --stream orders`$",
+    ):
         run_produce(settings, "orders", 5, connect_timeout_s=5)
     topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=5).topics
     assert unique + "-missing" not in topics
