@@ -94,7 +94,7 @@ def test_kafka_secret_properties_are_secret(key: str) -> None:
     assert is_secret_key(key)
 
 
-@pytest.mark.parametrize("key", sorted(KAFKA_PLAIN) + ["bootstrap.servers", "ssl.ca.location"])
+@pytest.mark.parametrize("key", [*sorted(KAFKA_PLAIN), "bootstrap.servers", "ssl.ca.location"])
 def test_plain_properties_are_not_secret(key: str) -> None:
     assert not is_secret_key(key)
 
