@@ -203,11 +203,16 @@ class StreamWorker:
 
     def _on_revoke(self, partitions: list[int]) -> None:
         if self._source is not None:
+            batch = self._batch
             try:
                 self._flush()
             except FencedError as exc:
-                log.warning("flush_on_revoke_fenced", error=str(exc))
-                self._batch = Batch()
+                # Only the revoked partitions' records go. Under cooperative assignment the
+                # batch also holds partitions this worker keeps: their records and dead
+                # letters stay for the next flush (which fences again if they went too).
+                log.warning("flush_on_revoke_fenced", partitions=partitions, error=str(exc))
+                batch.drop_partitions({(self.stream.topic, p) for p in partitions})
+                self._batch = batch if batch.last_offsets else Batch()
         for p in partitions:
             self._generations.pop(p, None)
 
@@ -239,7 +244,8 @@ class StreamWorker:
         except BaseException:
             self._batch = batch  # keep it: a graceful stop must not lose it silently
             raise
-        self._router.note_flush(batch.first_offsets)
+        # The handoff of a reindex: a ledger call like the commit, retried the same way.
+        self._retry_ledger(self._router.note_flush, batch.first_offsets)
         if self._source is not None:
             self._source.commit(next_offsets)
         self.totals.update(outcome.counters())
