@@ -88,6 +88,7 @@ class StreamWorker:
             max_total_s=settings.runtime.max_retry_s, on_retry=self._on_retry, what="ledger"
         )
         self.run_id: int | None = None
+        self._retry_beat_at = float("-inf")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -285,6 +286,26 @@ class StreamWorker:
             wait_s=round(event.wait_s, 3),
             elapsed_s=round(event.elapsed_s, 3),
         )
+        self._beat_while_retrying()
+
+    def _beat_while_retrying(self) -> None:
+        """Heartbeat from inside a flush's retries, at most every ``heartbeat_s``.
+
+        The loop cannot beat while a flush retries, and a reindex takes a run silent for a
+        few beats (past one request timeout) for a killed daemon and stops waiting for it.
+        A beat the ledger cannot take (PostgreSQL itself down) is skipped.
+        """
+        run_id = self.run_id
+        now = time.monotonic()
+        if run_id is None or now - self._retry_beat_at < self.settings.runtime.heartbeat_s:
+            return
+        self._retry_beat_at = now
+        gauges = {"dual_write_version": self._router.dual_write_version or 0}
+
+        def beat() -> None:
+            self._ledger.heartbeat(run_id, gauges)
+
+        self._tolerate_outage("heartbeat", beat)
 
     # -- observability --------------------------------------------------------------------
 

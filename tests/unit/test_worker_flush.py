@@ -22,7 +22,7 @@ from ingest.ledger.models import IndexVersionRow
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.process import FlushOutcome
 from ingest.pipeline.wiring import Components
-from ingest.retry import retrying
+from ingest.retry import RetryEvent, retrying
 from ingest.settings import Settings, parse_settings
 from ingest.types import DeadLetter, IndexAction, RawRecord
 
@@ -37,9 +37,14 @@ class FakeLedger:
     building: IndexVersionRow | None = None
     handoff_failures: int = 0
     handoffs: list[dict[int, int]] = field(default_factory=list)
+    beats: list[dict[str, int]] = field(default_factory=list)
 
     def building_version(self, alias: str) -> IndexVersionRow | None:
         return self.building
+
+    def heartbeat(self, run_id: int, counters: Mapping[str, int] | None = None) -> bool:
+        self.beats.append(dict(counters or {}))
+        return True
 
     def set_handoff(self, alias: str, version: int, offsets: Mapping[int, int]) -> dict[int, int]:
         if self.handoff_failures:
@@ -169,3 +174,18 @@ def test_fence_on_eager_revoke_drops_everything() -> None:
     assert worker._batch.is_empty()
     assert not worker._batch.dead_letters and not worker._batch.actions
     assert worker._generations == {}
+
+
+def test_a_flush_in_retries_keeps_heartbeating() -> None:
+    """While a flush retries, the worker beats (at most every heartbeat_s) with the
+    dual-write version its flush writes to, so a reindex does not take it for dead."""
+    now = datetime.now(UTC)
+    ledger = FakeLedger(building=IndexVersionRow("o", 2, "o-v2", "fp", "building", now, now))
+    worker = _worker(ledger, FakeWriter())
+    worker._router.refresh()
+    event = RetryEvent(attempt=1, wait_s=0.1, elapsed_s=0.1, started_at=0.0, error=OSError("x"))
+
+    worker._on_retry(event)
+    worker._on_retry(event)  # within heartbeat_s of the first: no second beat
+
+    assert ledger.beats == [{"dual_write_version": 2}]
