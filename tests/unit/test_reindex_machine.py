@@ -359,7 +359,8 @@ def test_waits_for_running_daemons_to_dual_write(world: dict[str, Any]) -> None:
 def test_a_daemon_silent_beyond_its_retry_budget_is_not_waited_for(
     world: dict[str, Any],
 ) -> None:
-    """Past max_retry_s a live daemon would have exited: its run is a leftover of a kill."""
+    """A run silent for minutes (a live daemon beats even through retries) is a leftover
+    of a kill."""
     ledger: FakeLedger = world["ledger"]
     ledger.daemons = [daemon_run(ledger.tick - timedelta(seconds=400), {})]
     assert machine(world, ack_timeout_s=1).run().index == "orders-v2"
