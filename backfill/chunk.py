@@ -108,24 +108,36 @@ class KafkaChunkSource:
 
 
 class FileChunkSource:
-    """One Avro object container file, refused if its content changed since it was planned."""
+    """One Avro object container file, refused if its content changed since it was planned.
+
+    The file is checked on the first :meth:`read`, inside the chunk's copy, so a file gone,
+    changed or unreadable fails its own chunk with the reason in the ledger row.
+    """
 
     def __init__(self, path: Path, sha256: str, reader: SchemaVersion, records: int) -> None:
-        if not path.is_file():
-            raise FatalError(f"{path}: file is gone")
-        actual = sha256_of(path)
-        if actual != sha256:
-            raise FatalError(
-                f"{path}: content changed since the backfill was planned "
-                f"(sha256 {actual[:12]}..., planned {sha256[:12]}...): run the backfill again"
-            )
         self._path = path
         self._sha256 = sha256
         self._reader = reader
+        self._checked = False
         self.start = 0
         self.size = records
 
+    def _check(self) -> None:
+        path = self._path
+        if not path.is_file():
+            raise FatalError(f"{path}: file is gone")
+        actual = sha256_of(path)
+        if actual != self._sha256:
+            raise FatalError(
+                f"{path}: content changed since the backfill was planned "
+                f"(sha256 {actual[:12]}..., planned {self._sha256[:12]}...): run the backfill "
+                "again"
+            )
+        self._checked = True
+
     def read(self, position: int, batch_records: int) -> Iterator[list[RawRecord]]:
+        if not self._checked:
+            self._check()
         return read_records(
             self._path, self._sha256, self._reader, start=position, batch_records=batch_records
         )

@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import structlog
 
 from ingest.avro.catalog import SchemaVersion
 from ingest.avro.codec import frame
 from ingest.errors import ConfigError, FatalError
 from ingest.settings import StreamSettings
 from ingest.types import RawRecord
+
+log = structlog.get_logger(__name__)
 
 _HASH_BLOCK_BYTES = 1024 * 1024
 
@@ -103,9 +106,33 @@ def count_records(path: Path) -> int:
         raise ConfigError(f"{path}: not a readable Avro object container file: {exc}") from exc
 
 
+#: The planned hash of a file that could not be read at planning: its chunk fails with the
+#: reason when it runs (and a later run, once the file reads, plans a new chunk).
+UNREADABLE = "unreadable"
+
+
 def describe_files(paths: list[Path]) -> list[ArchiveFile]:
-    """Hash and count each file (reads every file once)."""
-    return [ArchiveFile(str(p), sha256_of(p), p.stat().st_size, count_records(p)) for p in paths]
+    """Hash and count each file (reads every file once).
+
+    A file that can not be read or is not an Avro object container file is still planned
+    (``records`` 0, and :data:`UNREADABLE` for a hash it could not take): one bad file in
+    a data lake must not stop the others, so its chunk fails with the reason instead.
+    """
+    return [_describe(p) for p in paths]
+
+
+def _describe(path: Path) -> ArchiveFile:
+    try:
+        sha256, size = sha256_of(path), path.stat().st_size
+    except OSError as exc:
+        log.warning("archive_file_unreadable", path=str(path), error=str(exc))
+        return ArchiveFile(str(path), UNREADABLE, 0, 0)
+    try:
+        records = count_records(path)
+    except ConfigError as exc:
+        log.warning("archive_file_unreadable", path=str(path), error=str(exc))
+        records = 0
+    return ArchiveFile(str(path), sha256, size, records)
 
 
 def read_records(

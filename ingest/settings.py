@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -443,13 +443,31 @@ class Settings(_Frozen):
         found += [pw for pw in map(dsn_secret, urls) if pw]
         dsn_password = dsn_secret(self.ledger.dsn.get_secret_value())
         if dsn_password:
-            found.append(dsn_password)
+            # Drivers quote a URL DSN's password decoded (``p%40ss`` is ``p@ss``).
+            found += {dsn_password, unquote(dsn_password)}
         client = self.kafka.client_config()
         found += [str(v) for k, v in client.items() if is_secret_key(k) and v]
         return found
 
 
-_SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "credential")
+#: Parts of a setting's name (lower case, ``.`` and ``-`` read as ``_``) that mark its value
+#: as a secret. Beyond the obvious words: librdkafka's ``sasl.oauthbearer.config`` carries
+#: the OAuth client secret, ``ssl.key.pem`` / ``ssl_key`` a private key in the clear, and
+#: every ``ssl.keystore.*`` property belongs to the keystore holding one.
+_SECRET_WORDS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "credential",
+    "private_key",
+    "oauthbearer_config",
+    "key_pem",
+    "ssl_key",
+    "keystore",
+)
 
 
 def group_id_for(settings: Settings, stream: StreamSettings) -> str:
@@ -459,18 +477,39 @@ def group_id_for(settings: Settings, stream: StreamSettings) -> str:
 
 def is_secret_key(key: str) -> bool:
     """True for names such as ``sasl.password`` or ``api_key`` whose values are redacted."""
-    k = key.lower().replace("-", "_")
+    k = key.lower().replace("-", "_").replace(".", "_")
     return any(word in k for word in _SECRET_WORDS)
 
 
-_DSN_PASSWORD = re.compile(r"(?P<pre>://[^:/@\s]+:)(?P<pw>[^@\s]+)(?=@)")
-_DSN_KV_PASSWORD = re.compile(r"(?P<pre>\bpassword\s*=\s*)(?P<pw>\S+)")
+#: A URL DSN's password: after ``://user:``, up to the *last* ``@`` of the whitespace-
+#: delimited token, so a password holding ``@`` (``postgresql://u:p@ss@host/db``) is masked
+#: whole. A ``@`` later in the same token (in a query string) masks more than the password,
+#: never less.
+_DSN_PASSWORD = re.compile(r"(?P<pre>://[^:/@\s]+:)(?P<pw>\S+)(?=@[^@\s]*(?:\s|$))")
+#: A key=value DSN's ``password`` or ``sslpassword`` (also ``PGPASSWORD=``), quoted with
+#: backslash escapes as libpq allows (``password='a b\\'c'``) or bare up to whitespace.
+_DSN_KV_PASSWORD = re.compile(
+    r"(?P<pre>\b(?:ssl|pg)?password\s*=\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s'\"]\S*)",
+    re.IGNORECASE,
+)
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _unquote(value: str) -> str:
+    """A libpq key=value value without its quotes and backslash escapes."""
+    if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
+        return _ESCAPE.sub(r"\1", value[1:-1])
+    return value
 
 
 def dsn_secret(dsn: str) -> str | None:
-    """The password inside a URL or key=value DSN, if any."""
-    m = _DSN_PASSWORD.search(dsn) or _DSN_KV_PASSWORD.search(dsn)
-    return m.group("pw") if m else None
+    """The password inside a URL or key=value DSN, if any (unquoted)."""
+    m = _DSN_PASSWORD.search(dsn)
+    if m:
+        return m.group("pw")
+    m = _DSN_KV_PASSWORD.search(dsn)
+    return _unquote(m.group("pw")) if m else None
 
 
 def redact_dsn(text: str) -> str:

@@ -42,6 +42,7 @@ from backfill.reindex.plan import (
     restore_values,
     rollback_target,
     split_settings,
+    stale_after_s,
     str_keys,
     swap_actions,
     write_index,
@@ -133,11 +134,13 @@ class Reindexer:
         #: (database time, local monotonic time) of the last ledger write we saw.
         self._anchor: tuple[datetime, float] | None = None
         rt = settings.runtime
-        # A daemon blocked in sink retries does not heartbeat, for up to max_retry_s, after
-        # which it exits. Only a run silent for longer is surely gone; one silent for less
-        # may still flush a batch it read before the switch, so it is waited for.
-        self.stale_s = rt.max_retry_s + 4 * rt.heartbeat_s + 10
-        self.ack_timeout_s = options.ack_timeout_s or self.stale_s + 30
+        # A daemon heartbeats every heartbeat_s from its loop and, while a flush retries,
+        # from the retries (one attempt lasts at most the search request timeout plus the
+        # longest backoff). A run silent for several beats past that is gone -- killed --
+        # and is not waited for: with no live daemon the handoff needs no acknowledgement.
+        self.stale_s = stale_after_s(rt.heartbeat_s, settings.search.request_timeout_s)
+        # A live daemon acknowledges when its flush in progress ends: allow a retry budget.
+        self.ack_timeout_s = options.ack_timeout_s or rt.max_retry_s + self.stale_s + 30
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -508,14 +511,28 @@ class Reindexer:
     # -- daemons ----------------------------------------------------------------------------
 
     def _wait_for_daemons(self, want: int, since: datetime | None, what: str) -> list[int]:
-        """Block until every live daemon of the stream reports ``dual_write_version == want``."""
+        """Block until every live daemon of the stream reports ``dual_write_version == want``.
+
+        A run whose heartbeat stops while it is waited for (a daemon killed) drops out
+        after ``stale_s``; the wait goes on without it.
+        """
         deadline = self._clock() + self.ack_timeout_s
         logged = False
+        waited: set[int] = set()
         while True:
             runs = self.ledger.runs("stream", 200, stream=self.stream.name, status="running")
             acked, waiting = daemon_acks(
                 runs, want=want, since=since, now=self._db_now(), stale_s=self.stale_s
             )
+            gone = waited - set(acked) - set(waiting)
+            if gone:
+                log.warning(
+                    "reindex_daemons_presumed_dead",
+                    runs=sorted(gone),
+                    silent_s=round(self.stale_s, 1),
+                    what=what,
+                )
+            waited = (waited - gone) | set(waiting)
             if not waiting:
                 return acked
             if self._clock() >= deadline:

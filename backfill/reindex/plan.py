@@ -245,6 +245,22 @@ def next_version(versions: Iterable[IndexVersionRow]) -> int:
     return max((int(v.version) for v in versions), default=0) + 1
 
 
+#: Heartbeats a daemon may miss before a reindex takes it for dead.
+SILENT_BEATS = 4
+#: The longest backoff between two retries of a flush (the retry policy's ``max_s``).
+_RETRY_BACKOFF_MAX_S = 5.0
+
+
+def stale_after_s(heartbeat_s: float, request_timeout_s: float) -> float:
+    """How long a daemon's run may stay silent before it counts as gone (killed).
+
+    Its loop beats every ``heartbeat_s``; a flush in retries beats between attempts, each
+    at most one search request (``request_timeout_s``) plus a backoff. Beyond
+    :data:`SILENT_BEATS` beats past that, the process is not running any more.
+    """
+    return SILENT_BEATS * heartbeat_s + request_timeout_s + _RETRY_BACKOFF_MAX_S
+
+
 def daemon_acks(
     runs: Iterable[RunRow],
     *,

@@ -25,18 +25,35 @@ EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
+#: The secret values of the settings this command loaded (:func:`load`), masked in its error
+#: line as the log redactor masks them in log lines.
+_loaded_secrets: list[str] = []
+
+
+def error_line(exc: BaseException) -> str:
+    """``exc`` as the one line a command prints: known secrets and DSN passwords masked.
+
+    Errors quote what they were given (a URL, a server's answer, a driver's message), and
+    this line goes to a terminal or a CI log, where a secret must not appear any more than
+    in the structured logs.
+    """
+    from ingest.logging import Redactor
+
+    return Redactor(_loaded_secrets).redact_text(f"error: {exc}")
+
+
 def fail_cleanly(func: F) -> F:
-    """Turn IngestErrors into one line on stderr and a non-zero exit."""
+    """Turn IngestErrors into one redacted line on stderr and a non-zero exit."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(error_line(exc), err=True)
             sys.exit(EXIT_CONFIG)
         except IngestError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(error_line(exc), err=True)
             sys.exit(EXIT_RUNTIME)
 
     return wrapper  # type: ignore[return-value]
@@ -58,5 +75,7 @@ def load(config_path: Path | None, *, log_level: str = "INFO") -> Settings:
     from ingest.settings import load_settings
 
     settings = load_settings(config_path)
-    configure_logging(level=log_level, secrets=settings.secrets())
+    secrets = settings.secrets()
+    _loaded_secrets[:] = secrets
+    configure_logging(level=log_level, secrets=secrets)
     return settings

@@ -26,9 +26,9 @@ from ingest.errors import ConfigError, FatalError
 def grant(config_path: Path | None, role: str, apply_now: bool) -> None:
     """Print (or --apply) the SQL giving ROLE only what the daemon and backfills need."""
     from ingest.ledger import PostgresLedger
+    from ingest.ledger.migrator import check_grantee
 
-    if not role.strip():
-        raise ConfigError("--role must not be empty")
+    check_grantee(role)
     settings = load(config_path, log_level="WARNING")
     with PostgresLedger.from_settings(settings.ledger, max_size=1) as ledger:
         if apply_now:

@@ -88,6 +88,7 @@ class StreamWorker:
             max_total_s=settings.runtime.max_retry_s, on_retry=self._on_retry, what="ledger"
         )
         self.run_id: int | None = None
+        self._retry_beat_at = float("-inf")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -203,11 +204,16 @@ class StreamWorker:
 
     def _on_revoke(self, partitions: list[int]) -> None:
         if self._source is not None:
+            batch = self._batch
             try:
                 self._flush()
             except FencedError as exc:
-                log.warning("flush_on_revoke_fenced", error=str(exc))
-                self._batch = Batch()
+                # Only the revoked partitions' records go. Under cooperative assignment the
+                # batch also holds partitions this worker keeps: their records and dead
+                # letters stay for the next flush (which fences again if they went too).
+                log.warning("flush_on_revoke_fenced", partitions=partitions, error=str(exc))
+                batch.drop_partitions({(self.stream.topic, p) for p in partitions})
+                self._batch = batch if batch.last_offsets else Batch()
         for p in partitions:
             self._generations.pop(p, None)
 
@@ -239,7 +245,8 @@ class StreamWorker:
         except BaseException:
             self._batch = batch  # keep it: a graceful stop must not lose it silently
             raise
-        self._router.note_flush(batch.first_offsets)
+        # The handoff of a reindex: a ledger call like the commit, retried the same way.
+        self._retry_ledger(self._router.note_flush, batch.first_offsets)
         if self._source is not None:
             self._source.commit(next_offsets)
         self.totals.update(outcome.counters())
@@ -279,6 +286,26 @@ class StreamWorker:
             wait_s=round(event.wait_s, 3),
             elapsed_s=round(event.elapsed_s, 3),
         )
+        self._beat_while_retrying()
+
+    def _beat_while_retrying(self) -> None:
+        """Heartbeat from inside a flush's retries, at most every ``heartbeat_s``.
+
+        The loop cannot beat while a flush retries, and a reindex takes a run silent for a
+        few beats (past one request timeout) for a killed daemon and stops waiting for it.
+        A beat the ledger cannot take (PostgreSQL itself down) is skipped.
+        """
+        run_id = self.run_id
+        now = time.monotonic()
+        if run_id is None or now - self._retry_beat_at < self.settings.runtime.heartbeat_s:
+            return
+        self._retry_beat_at = now
+        gauges = {"dual_write_version": self._router.dual_write_version or 0}
+
+        def beat() -> None:
+            self._ledger.heartbeat(run_id, gauges)
+
+        self._tolerate_outage("heartbeat", beat)
 
     # -- observability --------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ from ingest.types import RawRecord
 
 log = structlog.get_logger(__name__)
 
+#: How long :meth:`KafkaSource.lag` waits for the broker to confirm a suspect watermark.
+_WATERMARK_TIMEOUT_S = 5.0
+
 #: Called on assignment with the partitions; returns partition -> next_offset (None = start).
 AssignHandler = Callable[[list[int]], Mapping[int, int | None]]
 #: Called on revocation (flush and commit) or loss (drop) with the partitions.
@@ -53,6 +56,10 @@ class KafkaSource:
         self._assigned: set[int] = set()
         #: Where each partition started: the position until the first record is consumed.
         self._starts: dict[int, int] = {}
+        #: The client's cached high watermark of each partition when it was assigned. While
+        #: the cache still holds that value no fetch of this assignment has answered yet,
+        #: and it may be left from an earlier assignment of the same partition.
+        self._high_at_assign: dict[int, int] = {}
 
     def start(self) -> None:
         """Join the group; assignment happens inside a later :meth:`poll`."""
@@ -74,6 +81,7 @@ class KafkaSource:
             next_offset = positions.get(tp.partition)
             tp.offset = OFFSET_BEGINNING if next_offset is None else next_offset
             self._starts[tp.partition] = -1 if next_offset is None else next_offset
+            self._high_at_assign[tp.partition] = self._cached_high(consumer, tp.partition)
         if self._cooperative:
             consumer.incremental_assign(partitions)
         else:
@@ -141,6 +149,10 @@ class KafkaSource:
             position = tp.offset if tp.offset >= 0 else self._starts.get(tp.partition, -1)
             if high < 0 or position < 0:
                 continue
+            if position > high and high == self._high_at_assign.get(tp.partition):
+                # Nothing fetched since the assignment: the cached value may be stale (this
+                # consumer had the partition before), so ask the broker before refusing.
+                high = self._fresh_high(tp.partition, high)
             if position > high:
                 raise OffsetResetError(
                     f"{self.topic}[{tp.partition}]: stored offset {position} is beyond the "
@@ -149,6 +161,29 @@ class KafkaSource:
                 )
             out[tp.partition] = high - position
         return out
+
+    def _cached_high(self, consumer: Consumer, partition: int) -> int:
+        try:
+            return int(
+                consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)[
+                    1
+                ]
+            )
+        except KafkaException:
+            return -1
+
+    def _fresh_high(self, partition: int, cached: int) -> int:
+        """The broker's high watermark now; ``cached`` when it cannot say."""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=_WATERMARK_TIMEOUT_S, cached=False
+            )
+        except KafkaException as exc:
+            log.warning(
+                "kafka_watermark_failed", topic=self.topic, partition=partition, error=str(exc)
+            )
+            return cached
+        return int(high)
 
     def close(self) -> None:
         """Leave the group (runs the revoke callback) and release the client."""

@@ -164,6 +164,26 @@ def _warn_on_drift(schema: str, migrations: list[Migration], applied: dict[int, 
             log.warning("ledger_migration_changed", schema=schema, version=version)
 
 
+def check_grantee(role: str) -> str:
+    """``role`` when it names one ordinary role; ConfigError (one line) otherwise.
+
+    PostgreSQL's grammar reads the role name ``public`` as PUBLIC -- every role on the
+    server -- in any case and even double-quoted (``sql.Identifier`` would quote it and
+    change nothing), so the workers' grants would go to everyone.
+    """
+    name = role.strip()
+    if len(name) >= 2 and name[0] == name[-1] and name[0] in "'\"":
+        name = name[1:-1].strip()
+    if not name:
+        raise ConfigError("--role must not be empty")
+    if name.casefold() == "public":
+        raise ConfigError(
+            f"refusing to grant to {role!r}: PostgreSQL reads it as PUBLIC (every role, quoted "
+            "or not); name the role the workers log in as"
+        )
+    return role
+
+
 def grant_statements(schema: str, role: str) -> list[sql.Composed]:
     """The statements giving ``role`` what workers need on ``schema`` and nothing more.
 
@@ -172,7 +192,7 @@ def grant_statements(schema: str, role: str) -> list[sql.Composed]:
     the schema is current, and USAGE on the sequences behind ``bigserial`` ids. Run after the
     migrations, as their owner: ``ALL SEQUENCES`` covers the sequences that exist then.
     """
-    role_id = sql.Identifier(role)
+    role_id = sql.Identifier(check_grantee(role))
     stmts = [
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role_id),
         sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(

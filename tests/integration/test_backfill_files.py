@@ -95,3 +95,34 @@ def test_a_stream_versioned_by_offset_is_refused(
     assert code == 2, out[-3000:]
     assert "versioned by the Kafka offset" in out
     assert "Traceback" not in out
+
+
+def test_an_unreadable_file_fails_its_chunk_and_the_others_finish(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """One file in the set is not an Avro container and one is cut short: both chunks fail
+    with their reasons (listed, exit 1), the good file is indexed, and a re-run retries
+    only the failed ones."""
+    settings = make_settings(partitions=None)
+    lake = tmp_path / "lake"
+    good = list(itertools.islice(sample_orders(81), 15))
+    _write(lake / "date=2026-01-01" / "part-0.avro", 2, good)
+    garbage = lake / "date=2026-01-02" / "part-0.avro"
+    garbage.parent.mkdir(parents=True)
+    garbage.write_bytes(b"this is a CSV export, not an Avro object container file\n")
+    cut = lake / "date=2026-01-03" / "part-0.avro"
+    _write(cut, 2, list(itertools.islice(sample_orders(82), 40)))
+    cut.write_bytes(cut.read_bytes()[:20])  # a copy interrupted inside the header
+    args = ("files", "--stream", "orders", "--path", str(lake), "--retries", "0")
+
+    code, out = run_backfill(*args, settings=settings, workdir=tmp_path)
+    assert code == 1, out[-4000:]
+    assert _summary(out) == (1, 0, 2)
+    failed = out[out.index("failed chunks:") :].splitlines()[1:]
+    assert any(str(garbage.resolve()) in line and "can not read it" in line for line in failed)
+    assert any(str(cut.resolve()) in line for line in failed), failed
+    assert set(index_versions(settings)) == {o["order_id"] for o in good}
+
+    code, out = run_backfill(*args, settings=settings, workdir=tmp_path, name="again")
+    assert code == 1, out[-4000:]
+    assert _summary(out) == (0, 1, 2)

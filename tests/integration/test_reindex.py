@@ -24,6 +24,7 @@ import fastavro
 import pytest
 
 from backfill.reindex import PAUSE_POINTS
+from backfill.reindex.plan import stale_after_s
 from ingest.avro.catalog import SchemaCatalog
 from ingest.dev.samples import millis, next_version, sample_orders
 from ingest.kafka.producer import RecordProducer
@@ -409,3 +410,41 @@ def test_schemas_diff_tells_in_place_from_reindex(
 
     code, output = run_cli("schemas", "list", settings=settings, workdir=tmp_path)
     assert code == 0 and "orders v2" in output and "(latest)" in output
+
+
+def test_reindex_after_the_daemon_was_killed_goes_on_within_heartbeats(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The only daemon is killed -9 just before a reindex: its run stays ``running`` with a
+    heartbeat that stops. The reindex notices the silence after a few heartbeats and goes
+    on without an acknowledgement (reading to the log end) -- though the retry budget and
+    the acknowledgement timeout are an hour, so waiting them out would fail this test."""
+    runtime = {**RUNTIME, "max_retry_s": 3600}
+    settings = make_settings(partitions=1, runtime=runtime, search={"request_timeout_s": 5})
+    producer = Producer(settings, seed=23)
+    producer.send(80)
+    daemon = start_cli("run", settings=settings, workdir=tmp_path, name="daemon")
+    try:
+        wait_for(caught_up(settings, end_offsets(settings)), 90, "the daemon to catch up")
+    finally:
+        kill_9(daemon)
+    producer.send(20)  # reached Kafka only: the fill must read to the log end
+    expected = producer.expected()
+
+    silent_s = stale_after_s(0.5, 5)
+    code, output = run_cli(
+        "--stream",
+        "orders",
+        "--ack-timeout-s",
+        "3600",
+        settings=settings,
+        workdir=tmp_path,
+        name="reindex",
+        command=REINDEX,
+        timeout_s=silent_s + 60,  # the silence, then the reindex's own work
+    )
+    assert code == 0, output[-4000:]
+    assert "reindex_daemons_presumed_dead" in output
+    alias = settings.streams[0].alias
+    assert version_states(settings) == {1: "retired", 2: "live"}
+    assert index_versions(settings, f"{alias}-v2") == expected

@@ -87,9 +87,24 @@ def test_a_changed_or_missing_file_is_refused_at_run_time(tmp_path: Path) -> Non
     sha = sha256_of(path)
     _write(path, 4)
     with pytest.raises(FatalError, match="content changed"):
-        FileChunkSource(path, sha, CATALOG.latest("orders"), 3)
+        FileChunkSource(path, sha, CATALOG.latest("orders"), 3).read(0, 10)
     with pytest.raises(FatalError, match="gone"):
-        FileChunkSource(tmp_path / "nope.avro", sha, CATALOG.latest("orders"), 3)
+        FileChunkSource(tmp_path / "nope.avro", sha, CATALOG.latest("orders"), 3).read(0, 10)
+
+
+def test_an_unreadable_file_is_planned_and_fails_only_when_run(tmp_path: Path) -> None:
+    """Planning a set with a broken file describes it too (no records); reading it then
+    fails with the reason, while the good file plans and reads as usual."""
+    good = tmp_path / "part-0.avro"
+    _write(good, 3)
+    bad = tmp_path / "part-1.avro"
+    bad.write_bytes(b"not an object container file")
+    described = describe_files([good, bad])
+    assert [(d.path, d.records) for d in described] == [(str(good), 3), (str(bad), 0)]
+    assert described[1].sha256 == sha256_of(bad)
+    source = FileChunkSource(bad, described[1].sha256, CATALOG.latest("orders"), 0)
+    with pytest.raises(ConfigError, match="can not read it"):
+        list(source.read(0, 10))
 
 
 def _stream(**kw: object) -> StreamSettings:

@@ -224,7 +224,10 @@ def world() -> dict[str, Any]:
 
 
 def machine(
-    world: dict[str, Any], sleep: Callable[[float], None] | None = None, **options: Any
+    world: dict[str, Any],
+    sleep: Callable[[float], None] | None = None,
+    runtime: dict[str, Any] | None = None,
+    **options: Any,
 ) -> Reindexer:
     stream = StreamSettings(
         name="orders",
@@ -235,7 +238,7 @@ def machine(
         version_field="updated_at",
         index={"replicas": 0, "refresh_interval": "1s"},  # type: ignore[arg-type]
     )
-    settings = Settings(streams=(stream,))
+    settings = Settings(streams=(stream,), runtime=runtime or {})  # type: ignore[arg-type]
     clock = FakeClock()
 
     def default_sleep(s: float) -> None:
@@ -356,10 +359,30 @@ def test_waits_for_running_daemons_to_dual_write(world: dict[str, Any]) -> None:
 def test_a_daemon_silent_beyond_its_retry_budget_is_not_waited_for(
     world: dict[str, Any],
 ) -> None:
-    """Past max_retry_s a live daemon would have exited: its run is a leftover of a kill."""
+    """A run silent for minutes (a live daemon beats even through retries) is a leftover
+    of a kill."""
     ledger: FakeLedger = world["ledger"]
     ledger.daemons = [daemon_run(ledger.tick - timedelta(seconds=400), {})]
     assert machine(world, ack_timeout_s=1).run().index == "orders-v2"
+
+
+def test_a_daemon_killed_mid_wait_is_noticed_within_a_few_heartbeats(
+    world: dict[str, Any],
+) -> None:
+    """A daemon beat just before the build and then died: the wait ends once its heartbeat
+    is a few ``heartbeat_s`` (past one request timeout) old -- not after the retry budget
+    or the acknowledgement timeout, both an hour here."""
+    ledger: FakeLedger = world["ledger"]
+    ledger.daemons = [daemon_run(ledger.tick, {})]
+    reindexer = machine(
+        world, runtime={"heartbeat_s": 0.5, "max_retry_s": 3600}, ack_timeout_s=3600
+    )
+    assert reindexer.stale_s == 4 * 0.5 + 30 + 5  # four beats + request timeout + backoff
+
+    assert reindexer.run().index == "orders-v2"
+    assert reindexer._clock() <= reindexer.stale_s + 1
+    state = ReindexState.from_row(ledger.rows[2])
+    assert state is not None and state.end_offsets == {"0": 10}, "no daemon: to the log end"
 
 
 def test_a_late_alias_only_commit_is_topped_up_from_kafka(world: dict[str, Any]) -> None:

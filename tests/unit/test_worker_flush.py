@@ -1,0 +1,191 @@
+"""The stream worker's flush and revoke paths, with fakes at the ledger, writer and source.
+
+No Kafka, search server or PostgreSQL: the worker is built on the real pipeline wiring over
+fakes, and its writer is swapped for one that records (or fails) each flush.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest.avro.catalog import SchemaCatalog
+from ingest.daemon.worker import StreamWorker
+from ingest.errors import FencedError, TransientError
+from ingest.ledger.models import IndexVersionRow
+from ingest.pipeline.batch import Batch
+from ingest.pipeline.process import FlushOutcome
+from ingest.pipeline.wiring import Components
+from ingest.retry import RetryEvent, retrying
+from ingest.settings import Settings, parse_settings
+from ingest.types import DeadLetter, IndexAction, RawRecord
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+TOPIC = "orders"
+
+
+@dataclass
+class FakeLedger:
+    """The ledger calls a worker makes outside its flush transaction."""
+
+    building: IndexVersionRow | None = None
+    handoff_failures: int = 0
+    handoffs: list[dict[int, int]] = field(default_factory=list)
+    beats: list[dict[str, int]] = field(default_factory=list)
+
+    def building_version(self, alias: str) -> IndexVersionRow | None:
+        return self.building
+
+    def heartbeat(self, run_id: int, counters: Mapping[str, int] | None = None) -> bool:
+        self.beats.append(dict(counters or {}))
+        return True
+
+    def set_handoff(self, alias: str, version: int, offsets: Mapping[int, int]) -> dict[int, int]:
+        if self.handoff_failures:
+            self.handoff_failures -= 1
+            raise TransientError("ledger: server closed the connection unexpectedly")
+        self.handoffs.append(dict(offsets))
+        return dict(offsets)
+
+
+@dataclass
+class FakeWriter:
+    """Records each flushed batch; raises the queued errors first."""
+
+    errors: list[BaseException] = field(default_factory=list)
+    flushed: list[Batch] = field(default_factory=list)
+    run_id: int | None = None
+
+    def flush(self, batch: Batch, targets: Sequence[str], offsets: Sequence[Any]) -> FlushOutcome:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.flushed.append(batch)
+        return FlushOutcome(records=batch.records)
+
+
+@dataclass
+class FakeSource:
+    commits: list[dict[int, int]] = field(default_factory=list)
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        self.commits.append(dict(next_offsets))
+
+
+def _settings() -> Settings:
+    return parse_settings(
+        {
+            "schemas_dir": str(SCHEMAS),
+            "kafka": {"bootstrap_servers": "127.0.0.1:9"},
+            "search": {"url": "http://127.0.0.1:9"},
+            "ledger": {"dsn": "postgresql://ingest@127.0.0.1:9/ingest"},
+            "runtime": {"max_retry_s": 30},
+            "streams": [{"name": "orders", "topic": TOPIC, "subject": "orders", "alias": "o"}],
+        }
+    )
+
+
+def _worker(ledger: FakeLedger, writer: FakeWriter) -> StreamWorker:
+    settings = _settings()
+    components = Components(settings, SchemaCatalog.load(SCHEMAS), ledger, object())  # type: ignore[arg-type]
+    worker = StreamWorker(
+        settings, settings.streams[0], components=components, stop=threading.Event()
+    )
+    worker._writer = writer  # type: ignore[assignment]
+    worker._source = FakeSource()  # type: ignore[assignment]
+    # The worker's own retry policy for ledger calls, without real sleeps.
+    worker._retry_ledger = retrying(max_total_s=30, what="ledger", sleep=lambda _s: None)
+    worker.run_id = 1
+    return worker
+
+
+def _fill(batch: Batch, partition: int, offsets: range) -> None:
+    """Per offset: even ones become index actions, odd ones dead letters."""
+    for offset in offsets:
+        record = RawRecord(TOPIC, partition, offset, b"k", b"v")
+        batch.note(record, 0.0)
+        if offset % 2:
+            batch.add_dead_letter(DeadLetter(record, "decode", "truncated", "orders"))
+        else:
+            batch.add_action(IndexAction("index", f"{partition}-{offset}", offset, b"{}", record))
+
+
+def test_handoff_is_retried_through_a_ledger_blip() -> None:
+    """During a reindex, a transient ledger error on the handoff is retried, not fatal."""
+    now = datetime.now(UTC)
+    building = IndexVersionRow("o", 2, "o-v2", "fp", "building", now, now)
+    ledger = FakeLedger(building=building, handoff_failures=1)
+    writer = FakeWriter()
+    worker = _worker(ledger, writer)
+    worker._router.refresh()
+    worker._generations = {0: 1}
+    _fill(worker._batch, 0, range(10, 14))
+
+    worker._flush()
+
+    assert ledger.handoffs == [{0: 10}]
+    assert len(writer.flushed) == 1
+    assert worker._source.commits == [{0: 14}]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("fenced_before_write", [False, True])
+def test_fence_on_revoke_keeps_the_partitions_kept(fenced_before_write: bool) -> None:
+    """Cooperative revoke of partition 0 fails fenced: partition 1's actions and dead
+    letters stay buffered and go out with the next flush; partition 0's are dropped."""
+    writer = FakeWriter(errors=[FencedError("orders[0]: generation 3 is newer than 2")])
+    worker = _worker(FakeLedger(), writer)
+    worker._generations = {0: 2, 1: 2}
+    if fenced_before_write:  # fenced by the worker's own check: partition 0 not ours
+        writer.errors.clear()
+        del worker._generations[0]
+    _fill(worker._batch, 0, range(0, 4))
+    _fill(worker._batch, 1, range(20, 24))
+
+    worker._on_revoke([0])
+
+    kept = worker._batch
+    assert {d.record.partition for d in kept.dead_letters} == {1}
+    assert {a.record.partition for a in kept.actions} == {1}
+    assert kept.next_offsets() == {(TOPIC, 1): 24}
+    assert 0 not in worker._generations
+
+    worker._flush()
+    [flushed] = writer.flushed
+    assert [d.record.offset for d in flushed.dead_letters] == [21, 23]
+    assert [a.record.offset for a in flushed.actions] == [20, 22]
+    assert worker._source.commits == [{1: 24}]  # type: ignore[union-attr]
+
+
+def test_fence_on_eager_revoke_drops_everything() -> None:
+    """Eager revoke (every partition): a fenced flush leaves an empty batch."""
+    writer = FakeWriter(errors=[FencedError("fenced")])
+    worker = _worker(FakeLedger(), writer)
+    worker._generations = {0: 2, 1: 2}
+    _fill(worker._batch, 0, range(0, 4))
+    _fill(worker._batch, 1, range(20, 24))
+
+    worker._on_revoke([0, 1])
+
+    assert worker._batch.is_empty()
+    assert not worker._batch.dead_letters and not worker._batch.actions
+    assert worker._generations == {}
+
+
+def test_a_flush_in_retries_keeps_heartbeating() -> None:
+    """While a flush retries, the worker beats (at most every heartbeat_s) with the
+    dual-write version its flush writes to, so a reindex does not take it for dead."""
+    now = datetime.now(UTC)
+    ledger = FakeLedger(building=IndexVersionRow("o", 2, "o-v2", "fp", "building", now, now))
+    worker = _worker(ledger, FakeWriter())
+    worker._router.refresh()
+    event = RetryEvent(attempt=1, wait_s=0.1, elapsed_s=0.1, started_at=0.0, error=OSError("x"))
+
+    worker._on_retry(event)
+    worker._on_retry(event)  # within heartbeat_s of the first: no second beat
+
+    assert ledger.beats == [{"dual_write_version": 2}]
