@@ -31,8 +31,8 @@ if str(REPO_ROOT) not in sys.path:  # the package may not be installed into the 
     sys.path.insert(0, str(REPO_ROOT))
 
 from ingest.dev.stack import (  # noqa: E402
-    Component,
     RunningStack,
+    ServerProcess,
     StackEndpoints,
     free_port,
     start_server,
@@ -237,17 +237,17 @@ def make_settings(stack: StackEndpoints, unique: str, kafka_admin: Any) -> Calla
 
 
 @pytest.fixture
-def private_server(server_dir: Path) -> Iterator[Callable[..., Component]]:
+def private_server(server_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Factory for a server of this test's own, to kill, freeze or restart without
     disturbing the shared stack: ``private_server(name, *, port=None, advertised_port=None,
-    workdir=None) -> Component`` with ``name`` in ``kafka`` / ``search`` / ``postgres``.
+    workdir=None) -> ServerProcess`` with ``name`` in ``kafka`` / ``search`` / ``postgres``.
 
     ``component.endpoint`` is its bootstrap / URL / DSN, ``component.popen`` its process
     (``tests.support.procs.kill_9`` and friends accept it). Pass the same ``port`` and
     ``workdir`` to restart a stopped one in place (PostgreSQL keeps its data there). Every
     server started here is stopped at the end of the test.
     """
-    started: list[Component] = []
+    started: list[ServerProcess] = []
 
     def start(
         name: str,
@@ -255,7 +255,7 @@ def private_server(server_dir: Path) -> Iterator[Callable[..., Component]]:
         port: int | None = None,
         advertised_port: int | None = None,
         workdir: Path | None = None,
-    ) -> Component:
+    ) -> ServerProcess:
         component = start_server(
             name,
             workdir or server_dir / f"private-{name}",
@@ -271,7 +271,7 @@ def private_server(server_dir: Path) -> Iterator[Callable[..., Component]]:
 
 
 @pytest.fixture
-def proxied_kafka(private_server: Callable[..., Component]) -> Iterator[tuple[str, Any]]:
+def proxied_kafka(private_server: Callable[..., ServerProcess]) -> Iterator[tuple[str, Any]]:
     """A private tansu broker behind a :class:`TcpFaultProxy`: ``(bootstrap, proxy)``.
 
     The broker advertises the proxy's address, so every client connection (not only the

@@ -246,7 +246,7 @@ def run_cli(
 
 
 class Target(Protocol):
-    """A :class:`Proc` or an :class:`ingest.dev.stack.Component` (a server we started)."""
+    """A :class:`Proc` or an :class:`ingest.dev.stack.ServerProcess` (a server we started)."""
 
     @property
     def pid(self) -> int: ...
