@@ -27,10 +27,12 @@ from backfill.reindex.plan import (
     Filler,
     FillJob,
     FillResult,
+    Outcome,
     ReindexError,
     ReindexLedger,
     ReindexSearch,
     ReindexState,
+    Step,
     bulk_load_definition,
     count_problem,
     daemon_acks,
@@ -70,7 +72,7 @@ class ReindexOptions:
 @dataclass
 class ReindexResult:
     alias: str
-    action: str
+    action: Outcome
     version: int | None = None
     index: str | None = None
     previous_index: str | None = None
@@ -82,7 +84,7 @@ class ReindexResult:
     def summary(self) -> str:
         parts = [f"{self.action} {self.alias}"]
         if self.index:
-            label = "live" if self.action in ("reindexed", "rolled back") else "index"
+            label = "live" if self.action in (Outcome.REINDEXED, Outcome.ROLLED_BACK) else "index"
             parts.append(f"{label}={self.index}")
         if self.previous_index:
             parts.append(f"previous={self.previous_index}")
@@ -232,7 +234,7 @@ class Reindexer:
         self._pause("index-created")
         state = ReindexState(
             mode="build",
-            step="created",
+            step=Step.CREATED,
             source=source,
             target_index=target,
             old_version=int(live.version),
@@ -278,7 +280,7 @@ class Reindexer:
         restore = restore_values(picked, self.stream.index)
         state = ReindexState(
             mode="rollback",
-            step="created",
+            step=Step.CREATED,
             source=source,
             target_index=target.index_name,
             old_version=int(live.version),
@@ -312,19 +314,20 @@ class Reindexer:
     # -- the steps --------------------------------------------------------------------------
 
     def _drive(self, version: int, state: ReindexState) -> ReindexResult:
-        if state.step == "created":
-            self._acknowledge(version, state)
-        if state.step == "acked":
-            self._fill(version, state)
-        if state.step == "filled":
-            self._verify(version, state)
-        if state.step == "verified":
-            self._swap(version, state)
-        if state.step == "swapped":
-            self._go_live(version, state)
+        """Run every step after the one recorded; each records itself when done."""
+        after: dict[Step, Callable[[int, ReindexState], None]] = {
+            Step.CREATED: self._acknowledge,
+            Step.ACKED: self._fill,
+            Step.FILLED: self._verify,
+            Step.VERIFIED: self._swap,
+            Step.SWAPPED: self._go_live,
+        }
+        for done, run_next in after.items():
+            if state.step == done:
+                run_next(version, state)
         return ReindexResult(
             alias=self.alias,
-            action="rolled back" if state.mode == "rollback" else "reindexed",
+            action=Outcome.ROLLED_BACK if state.mode == "rollback" else Outcome.REINDEXED,
             version=version,
             index=state.target_index,
             previous_index=state.old_index,
@@ -342,7 +345,7 @@ class Reindexer:
         to_log_end = state.source == "kafka" and not acked
         ends = end_offsets(committed, self._high_watermarks() if to_log_end else None)
         state.end_offsets = str_keys(ends)
-        state.step = "acked"
+        state.step = Step.ACKED
         self._save(version, state)
         log.info(
             "reindex_handoff",
@@ -383,7 +386,7 @@ class Reindexer:
         finally:
             self._restore(state)
         state.fill = asdict(result)
-        state.step = "filled"
+        state.step = Step.FILLED
         self._save(version, state)
         log.info("reindex_filled", alias=self.alias, index=state.target_index, **state.fill)
         self._pause("filled")
@@ -450,7 +453,7 @@ class Reindexer:
                 f"count check failed for {state.target_index}: {problem}; the alias stays on "
                 f"{state.old_index}. Re-run to check again or --abort{hint}"
             )
-        state.step = "verified"
+        state.step = Step.VERIFIED
         self._save(version, state)
         log.info("reindex_verified", alias=self.alias, old_count=old, new_count=new)
         self._pause("verified")
@@ -471,7 +474,7 @@ class Reindexer:
                 "reindex_alias_swapped", alias=self.alias, index=state.target_index, actions=actions
             )
         self._thaw_old(state)
-        state.step = "swapped"
+        state.step = Step.SWAPPED
         self._save(version, state)
         self._pause("swapped")
 
@@ -553,7 +556,7 @@ class Reindexer:
         """Give up the version being built (or rolled back to) unless the alias moved already."""
         row = self.ledger.building_version(self.alias)
         if row is None:
-            return ReindexResult(alias=self.alias, action="nothing to abort for")
+            return ReindexResult(alias=self.alias, action=Outcome.NOTHING_TO_ABORT)
         state = ReindexState.from_row(row)
         current = self.search.get_alias(self.alias)
         if row.index_name in current:
@@ -567,7 +570,7 @@ class Reindexer:
             self.search.put_settings(row.index_name, {"index": dict(state.restore)})
             self.ledger.set_index_state(self.alias, version, "retired")
             return ReindexResult(
-                alias=self.alias, action="aborted rollback of", index=row.index_name
+                alias=self.alias, action=Outcome.ABORTED_ROLLBACK, index=row.index_name
             )
         marked = self._note(self.ledger.set_index_state(self.alias, version, "failed"))
         log.warning("reindex_aborted", alias=self.alias, index=row.index_name)
@@ -576,11 +579,11 @@ class Reindexer:
         except ReindexError as exc:
             log.warning("reindex_abort_index_kept", index=row.index_name, error=str(exc))
             return ReindexResult(
-                alias=self.alias, action="aborted (index kept) build of", index=row.index_name
+                alias=self.alias, action=Outcome.ABORTED_KEPT, index=row.index_name
             )
         self.search.delete_index(row.index_name, missing_ok=True)
         self.ledger.set_index_state(self.alias, version, "deleted")
-        return ReindexResult(alias=self.alias, action="aborted build of", index=row.index_name)
+        return ReindexResult(alias=self.alias, action=Outcome.ABORTED, index=row.index_name)
 
     def prune(self, keep: int) -> list[str]:
         """Delete retired versions beyond the newest ``keep`` and failed ones; their names."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
@@ -21,6 +22,27 @@ if TYPE_CHECKING:  # the ledger pulls in psycopg: kept out of `backfill --help`
 
 
 log = structlog.get_logger(__name__)
+
+
+class Step(StrEnum):
+    """The durable steps of a build or rollback, in order; the state stores the last one done."""
+
+    CREATED = "created"
+    ACKED = "acked"
+    FILLED = "filled"
+    VERIFIED = "verified"
+    SWAPPED = "swapped"
+
+
+class Outcome(StrEnum):
+    """What a reindex command did, as its summary line begins."""
+
+    REINDEXED = "reindexed"
+    ROLLED_BACK = "rolled back"
+    NOTHING_TO_ABORT = "nothing to abort for"
+    ABORTED_ROLLBACK = "aborted rollback of"
+    ABORTED_KEPT = "aborted (index kept) build of"
+    ABORTED = "aborted build of"
 
 
 Source = Literal["kafka", "index", "files"]
@@ -151,7 +173,7 @@ class ReindexState:
     """The resumable state of one build or rollback, kept in ``details.reindex``."""
 
     mode: Literal["build", "rollback"]
-    step: str
+    step: Step
     source: str
     target_index: str
     old_version: int
@@ -179,7 +201,9 @@ class ReindexState:
         if not isinstance(data, Mapping):
             return None
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        fields = {k: v for k, v in data.items() if k in known}
+        fields["step"] = Step(fields["step"])
+        return cls(**fields)
 
 
 def int_keys(offsets: Mapping[str, int] | None) -> dict[int, int]:
