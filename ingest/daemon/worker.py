@@ -93,7 +93,13 @@ class StreamWorker:
 
     def run(self) -> None:
         """Blocks until stop is set (then flushes and leaves the group) or a fatal error."""
-        ensure_live_index(self._search, self._ledger, self.stream, self._catalog)
+        ensure_live_index(
+            self._search,
+            self._ledger,
+            self.stream,
+            self._catalog,
+            gc_deletes_s=self.settings.gc_deletes_s(self.stream),
+        )
         self.run_id = self._ledger.start_run(
             "stream",
             self.stream.name,

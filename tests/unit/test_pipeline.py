@@ -14,7 +14,7 @@ from ingest.pipeline.batch import Batch
 from ingest.pipeline.process import BatchWriter, RecordProcessor
 from ingest.pipeline.transform import Transformer
 from ingest.settings import StreamSettings
-from ingest.types import DeadLetter, IndexAction, RawRecord
+from ingest.types import DeadLetter, DeleteMarker, IndexAction, RawRecord
 
 STREAM = StreamSettings(
     name="s",
@@ -73,6 +73,10 @@ class FakeLedger:
         default_factory=list
     )
     marks: list[tuple[str, int] | None] = field(default_factory=list)
+    #: (alias, doc id) -> newest delete version committed, as the delete_markers table.
+    markers: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: The ids each delete_markers query asked for.
+    marker_queries: list[list[str]] = field(default_factory=list)
 
     def commit(
         self,
@@ -81,9 +85,17 @@ class FakeLedger:
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
         flush: tuple[str, int] | None = None,
+        deletes: Sequence[DeleteMarker] = (),
     ) -> None:
         self.marks.append(flush)
         self.commits.append((list(offsets), list(dead_letters), counters))
+        for m in deletes:
+            key = (m.alias, m.doc_id)
+            self.markers[key] = max(self.markers.get(key, m.version), m.version)
+
+    def delete_markers(self, alias: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        self.marker_queries.append(list(doc_ids))
+        return {i: v for (a, i), v in self.markers.items() if a == alias and i in doc_ids}
 
 
 def records(*values: bytes | None) -> list[RawRecord]:
