@@ -29,7 +29,7 @@ from ingest.ledger import PostgresLedger
 from ingest.ops.replay import replay_dead_letters
 from ingest.pipeline.wiring import open_components
 from ingest.settings import Settings
-from ingest.types import DeadLetter, RawRecord
+from ingest.types import DeadLetter, DeleteMarker, RawRecord
 from tests.support.daemon import (
     DaemonProcess,
     caught_up,
@@ -38,6 +38,7 @@ from tests.support.daemon import (
     wait_for,
     write_config,
 )
+from tests.support.procs import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +219,35 @@ def test_the_daemon_drops_a_resent_older_version_of_a_deleted_document(
     finally:
         code = daemon.stop()
     assert code == 0, daemon.output()
+
+
+def test_delete_markers_keep_the_newest_version_and_are_purged_by_age(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The ledger keeps one marker per (alias, id) at its newest version; ``ingest ledger
+    purge-deletes`` forgets those applied before the given age, nothing newer."""
+    settings = make_settings(partitions=None)
+    with PostgresLedger.from_settings(settings.ledger) as ledger:
+        ledger.migrate()
+        ledger.record_deletes(
+            [DeleteMarker("o", "a", 5, "orders"), DeleteMarker("o", "a", 9, "orders")]
+        )
+        ledger.record_deletes([DeleteMarker("o", "a", 7, "orders"), DeleteMarker("p", "a", 1, "x")])
+        assert ledger.delete_markers("o", ["a", "b"]) == {"a": 9}
+        assert ledger.delete_markers("p", ["a"]) == {"a": 1}
+        assert ledger.delete_markers("o", []) == {}
+    code, out = run_cli(
+        "ledger", "purge-deletes", "--older-than", "1h", "--yes", settings=settings,
+        workdir=tmp_path,
+    )  # fmt: skip
+    assert code == 0, out
+    assert "purged 0 delete marker(s)" in out
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
+    code, out = run_cli(
+        "ledger", "purge-deletes", "--older-than", future, "--yes", settings=settings,
+        workdir=tmp_path,
+    )  # fmt: skip
+    assert code == 0, out
+    assert "purged 2 delete marker(s)" in out
+    with PostgresLedger.from_settings(settings.ledger) as ledger:
+        assert ledger.delete_markers("o", ["a"]) == {}
