@@ -99,7 +99,9 @@ class FakeLedger:
 
 
 def records(*values: bytes | None) -> list[RawRecord]:
-    return [RawRecord("t", 0, i, b"key", v) for i, v in enumerate(values)]
+    """Records at offsets 0, 1 ... with broker timestamps 5000, 5001 ... (tombstones'
+    version on a stream versioned by a record field)."""
+    return [RawRecord("t", 0, i, b"key", v, timestamp_ms=5_000 + i) for i, v in enumerate(values)]
 
 
 def process(*values: bytes | None, stream: StreamSettings = STREAM) -> Batch:
@@ -139,7 +141,7 @@ def test_fast_path_results_are_used_and_refusals_take_the_python_path_in_order()
         ("f0", 0, b'{"fast":true}'),
         ("a", 1, b'{"id":"a","v":1}'),
         ("f3", 30, b'{"fast":true}'),
-        ("key", 0, None),  # a tombstone (broker-time version) never reaches it
+        ("key", 5_004, None),  # a tombstone (broker-time version) never reaches it
     ]
     assert [(d.record.offset, d.stage) for d in batch.dead_letters] == [(2, "decode")]
     assert seen == [b"fast", b"a:1", b"?", b"fast"]
