@@ -302,7 +302,13 @@ class _ChunkCopy:
             if not search.index_exists(self._spec.index):
                 raise ConfigError(f"index {self._spec.index!r} does not exist")
             return [self._spec.index]
-        ensure_live_index(search, self._components.ledger, self._stream, self._components.catalog)
+        ensure_live_index(
+            search,
+            self._components.ledger,
+            self._stream,
+            self._components.catalog,
+            gc_deletes_s=self._settings.gc_deletes_s(self._stream),
+        )
         router = IndexRouter(self._stream, self._components.ledger)
         router.refresh()
         return router.targets()

@@ -189,10 +189,12 @@ def run_kafka_backfill(
     else:
         if since is None or until is None:
             raise ConfigError("a time backfill needs both since and until")
+        since_ms = _instant_ms(since)
+        _check_delete_retention(settings, since_ms)
         tasks = kafka_time_tasks(
             settings,
             spec,
-            since_ms=_instant_ms(since),
+            since_ms=since_ms,
             until_ms=_instant_ms(until),
             chunk_ms=_duration_ms(chunk),
             partitions=list(partitions) if partitions is not None else None,
@@ -202,6 +204,28 @@ def run_kafka_backfill(
         )
         kind = "kafka"
     return _execute(settings, spec, kind, tasks, opts, started)
+
+
+def _check_delete_retention(
+    settings: Settings, since_ms: int, *, now_s: float | None = None
+) -> None:
+    """Refuse a window reaching back past the ledger's memory of deletes.
+
+    Delete markers are purged after ``[ledger] delete_marker_retention_s``; a record older
+    than that may be an older version of a document deleted and forgotten since, which the
+    backfill would re-create. Refused (not warned) because the damage is silent: raise the
+    retention, or start the window later.
+    """
+    retention_s = settings.ledger.delete_marker_retention_s
+    horizon_ms = int(((time.time() if now_s is None else now_s) - retention_s) * 1000)
+    if since_ms < horizon_ms:
+        since = dt.datetime.fromtimestamp(since_ms / 1000, dt.UTC).isoformat(timespec="seconds")
+        raise ConfigError(
+            f"backfill window starts at {since}, further back than the ledger remembers deletes"
+            f" ([ledger] delete_marker_retention_s = {retention_s:g}s): older versions of"
+            " documents deleted before then would be indexed again; start later or raise the"
+            " retention"
+        )
 
 
 def run_file_backfill(

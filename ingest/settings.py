@@ -169,6 +169,10 @@ class LedgerSettings(_Frozen):
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
     schema_name: str = Field(default="ingest", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: How long a delete is remembered in the ledger (30 days). A write older than a delete
+    #: that was forgotten re-creates its document: no backfill or replay may reach back
+    #: further than this (``backfill kafka`` refuses such a window).
+    delete_marker_retention_s: float = Field(default=30 * 86400.0, gt=0)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -300,6 +304,9 @@ class StreamSettings(_Frozen):
     #: Record field (long or timestamp) giving the external version; unset means the offset.
     version_field: str | None = None
     tombstones: Literal["delete", "ignore", "dead-letter"] = "delete"
+    #: Record header holding a tombstone's version (ASCII digits, in the version field's
+    #: unit), for streams whose version field is not a timestamp (see the README's rule).
+    tombstone_version_header: str | None = None
     #: Optional ``module:function`` receiving (document dict, RawRecord) and returning a dict.
     transform: str | None = None
     max_batch_records: int = Field(default=2000, ge=1)
@@ -381,6 +388,15 @@ class StreamSettings(_Frozen):
             raise ValueError(f"invalid transform hook {v!r}: expected 'package.module:function'")
         return v
 
+    @model_validator(mode="after")
+    def _tombstone_header(self) -> StreamSettings:
+        if self.tombstone_version_header is not None and self.version_field is None:
+            raise ValueError(
+                f"stream {self.name!r}: tombstone_version_header needs a version_field (without"
+                " one, records and tombstones are both versioned by the offset)"
+            )
+        return self
+
 
 class RuntimeSettings(_Frozen):
     #: Total bytes buffered across partitions before fetching pauses.
@@ -396,6 +412,23 @@ class RuntimeSettings(_Frozen):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     #: Loopback by default; ``0.0.0.0`` in a container so probes and Prometheus reach it.
     metrics_host: str = "127.0.0.1"
+
+    @property
+    def min_gc_deletes_s(self) -> float:
+        """The shortest time a live index may remember a delete (``index.gc_deletes``).
+
+        A write checked against the ledger's delete markers may reach the index up to
+        ``max_retry_s`` later (sink retries), and a delete applied to the index may wait up
+        to ``max_retry_s`` for its ledger commit (and marker): the index must remember a
+        delete across both, or an older write slips between the check and the marker.
+        """
+        return 2 * self.max_retry_s
+
+    @property
+    def gc_deletes_s(self) -> float:
+        """``index.gc_deletes`` of live indices unless a stream sets its own: at least an
+        hour, and three times ``max_retry_s`` (the minimum with a margin)."""
+        return max(3600.0, 3 * self.max_retry_s)
 
 
 class Settings(_Frozen):
@@ -415,6 +448,28 @@ class Settings(_Frozen):
                 raise ValueError(f"stream {s.name!r} is defined twice")
             seen.add(s.name)
         return self
+
+    @model_validator(mode="after")
+    def _gc_deletes(self) -> Settings:
+        floor = self.runtime.min_gc_deletes_s
+        for s in self.streams:
+            value = gc_deletes_setting(s.index.settings)
+            if value is None:
+                continue
+            seconds = time_value_s(value)
+            if seconds < floor:
+                raise ValueError(
+                    f"stream {s.name!r}: index gc_deletes {value!r} is shorter than 2 x"
+                    f" runtime.max_retry_s ({floor:g}s): the index would forget a delete while"
+                    " an older write may still be retried; raise it or leave it unset"
+                )
+        return self
+
+    def gc_deletes_s(self, stream: StreamSettings) -> float:
+        """How long ``stream``'s live indices remember a delete: its own setting, else the
+        default derived from ``runtime.max_retry_s``."""
+        value = gc_deletes_setting(stream.index.settings)
+        return self.runtime.gc_deletes_s if value is None else time_value_s(value)
 
     def stream(self, name: str) -> StreamSettings:
         """The stream called ``name``; :class:`ConfigError` naming the known ones otherwise."""
@@ -448,6 +503,40 @@ class Settings(_Frozen):
         client = self.kafka.client_config()
         found += [str(v) for k, v in client.items() if is_secret_key(k) and v]
         return found
+
+
+_TIME_VALUE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>nanos|micros|ms|s|m|h|d)\s*$")
+_TIME_UNITS_S = {
+    "nanos": 1e-9,
+    "micros": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+
+
+def time_value_s(value: Any) -> float:
+    """An Elasticsearch time value (``"90s"``, ``"24h"``, ``"500ms"``) in seconds."""
+    m = _TIME_VALUE.match(str(value))
+    if not m:
+        raise ValueError(
+            f"{value!r} is not a time value: use a number with a unit (ms, s, m, h, d), e.g. '2h'"
+        )
+    return float(m.group("n")) * _TIME_UNITS_S[m.group("unit")]
+
+
+def gc_deletes_setting(index_settings: Mapping[str, Any]) -> Any | None:
+    """``gc_deletes`` in index settings written plain, dotted (``index.gc_deletes``) or nested
+    (``{"index": {"gc_deletes": ...}}``); None when not set."""
+    for key in ("gc_deletes", "index.gc_deletes"):
+        if key in index_settings:
+            return index_settings[key]
+    nested = index_settings.get("index")
+    if isinstance(nested, Mapping) and "gc_deletes" in nested:
+        return nested["gc_deletes"]
+    return None
 
 
 #: Parts of a setting's name (lower case, ``.`` and ``-`` read as ``_``) that mark its value

@@ -60,6 +60,20 @@ class DeadLetter:
     stream: str
 
 
+@dataclass(frozen=True, slots=True)
+class DeleteMarker:
+    """A delete applied to ``doc_id`` behind ``alias`` at external ``version``.
+
+    Kept in the ledger so no later write of an equal or older version re-creates the
+    document, long after the search server forgot the delete (``index.gc_deletes``).
+    """
+
+    alias: str
+    doc_id: str
+    version: int
+    stream: str
+
+
 #: ``fast(value, key, offset) -> (doc_id, version, body)`` or None for "take the Python
 #: path": the native transcoder, see :mod:`ingest.avro.transcode`.
 FastPath = Callable[[bytes, bytes | None, int], tuple[str, int, bytes] | None]

@@ -219,7 +219,13 @@ def make_settings(stack: StackEndpoints, unique: str, kafka_admin: Any) -> Calla
         kafka_fields.update(kafka or {})
         search_fields: dict[str, Any] = {"url": stack.search_url, "request_timeout_s": 10.0}
         search_fields.update(search or {})
-        ledger_fields: dict[str, Any] = {"dsn": stack.ledger_dsn, "schema": unique}
+        ledger_fields: dict[str, Any] = {
+            "dsn": stack.ledger_dsn,
+            "schema": unique,
+            # The backfill tests copy a fixed window (2026-01-01), which a backfill refuses
+            # once it lies past the delete-marker retention (30 days by default).
+            "delete_marker_retention_s": 20 * 365 * 86400.0,
+        }
         ledger_fields.update(ledger or {})
         settings = Settings(
             kafka=KafkaSettings(**kafka_fields),

@@ -63,8 +63,14 @@ class StreamFiller:
         return self._summary_result(summary, progress)
 
     def _from_index(self, job: FillJob, progress: Callable[[FillResult], None]) -> FillResult:
-        """Scroll the source index and write each hit with its ``_version`` as external version."""
-        from ingest.search.bulk import BulkSink
+        """Scroll the source index and write each hit with its ``_version`` as external version.
+
+        Writes go straight to the sink (no offsets, no dead letters to commit), so the
+        stream's delete markers are checked here, as the batch writer does on every other
+        path: a copy of a document deleted since the scroll saw it is dropped.
+        """
+        from ingest.pipeline.deletes import drop_superseded
+        from ingest.search.bulk import BulkSink, SinkResult
 
         client = self._components.search
         sink = BulkSink(client, max_retry_s=self._components.settings.runtime.max_retry_s)
@@ -73,14 +79,15 @@ class StreamFiller:
         page: list[IndexAction] = []
 
         def flush() -> None:
-            result = sink.write(page, [job.target])
+            kept, superseded = drop_superseded(self._components.ledger, self._stream.alias, page)
+            result = sink.write(kept, [job.target]) if kept else SinkResult()
             for action, reason in result.rejected:
                 log.error("reindex_document_rejected", doc_id=action.doc_id, reason=reason)
             total.add(
                 FillResult(
                     read=len(page),
                     indexed=result.indexed,
-                    conflicts=result.conflicts,
+                    conflicts=result.conflicts + superseded,
                     rejected=len(result.rejected),
                 )
             )

@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # the ledger pulls in psycopg: kept out of `backfill --help`
     from ingest.ledger import IndexVersionRow
 
 from backfill.reindex.plan import (
-    BULK_LOAD,
     SOURCES,
     Filler,
     FillJob,
@@ -34,6 +33,7 @@ from backfill.reindex.plan import (
     ReindexState,
     Step,
     bulk_load_definition,
+    bulk_load_settings,
     count_problem,
     daemon_acks,
     end_offsets,
@@ -135,6 +135,7 @@ class Reindexer:
         self._clock = clock
         #: (database time, local monotonic time) of the last ledger write we saw.
         self._anchor: tuple[datetime, float] | None = None
+        self._gc_deletes_s = settings.gc_deletes_s(stream)
         rt = settings.runtime
         # A daemon heartbeats every heartbeat_s from its loop and, while a flush retries,
         # from the retries (one attempt lasts at most the search request timeout plus the
@@ -193,7 +194,13 @@ class Reindexer:
 
         live = self.ledger.live_version(self.alias)
         if live is None:
-            ensure_live_index(self.search, self.ledger, self.stream, self.catalog)
+            ensure_live_index(
+                self.search,
+                self.ledger,
+                self.stream,
+                self.catalog,
+                gc_deletes_s=self.settings.gc_deletes_s(self.stream),
+            )
             live = self.ledger.live_version(self.alias)
         if live is None:
             raise ReindexError(f"alias {self.alias!r} has no live version in the ledger")
@@ -216,7 +223,8 @@ class Reindexer:
         target = physical_index_name(self.alias, version)
         reader = self.catalog.latest(self.stream.subject)
         body, restore = bulk_load_definition(
-            index_definition(reader, self.stream.index), self.stream.index
+            index_definition(reader, self.stream.index, gc_deletes_s=self._gc_deletes_s),
+            self.stream.index,
         )
         source = self.options.source or "kafka"
         self._check_source(source)
@@ -275,7 +283,11 @@ class Reindexer:
             source = "kafka" if swap is not None and by_live_swap else "index"
         self._check_source(source)
         start = swap if (source == "kafka" and swap is not None and by_live_swap) else {}
-        definition = index_definition(self.catalog.latest(self.stream.subject), self.stream.index)
+        definition = index_definition(
+            self.catalog.latest(self.stream.subject),
+            self.stream.index,
+            gc_deletes_s=self._gc_deletes_s,
+        )
         _others, picked = split_settings(dict(definition["settings"]))
         restore = restore_values(picked, self.stream.index)
         state = ReindexState(
@@ -366,7 +378,9 @@ class Reindexer:
             end_offsets=int_keys(state.end_offsets),
             paths=tuple(state.paths),
         )
-        self.search.put_settings(state.target_index, {"index": dict(BULK_LOAD)})
+        self.search.put_settings(
+            state.target_index, {"index": bulk_load_settings(state.restore.get("gc_deletes"))}
+        )
         batches = 0
 
         def progress(so_far: FillResult) -> None:

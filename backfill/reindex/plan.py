@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import structlog
 
 from ingest.errors import FatalError
-from ingest.settings import IndexSettings
+from ingest.settings import IndexSettings, time_value_s
 
 if TYPE_CHECKING:  # the ledger pulls in psycopg: kept out of `backfill --help`
     from ingest.ledger import IndexVersionRow, RunRow
@@ -66,6 +66,22 @@ PAUSE_POINTS: tuple[str, ...] = (
 #: fill copies an older version of the document still wins (the default keeps them 60 s).
 BULK_LOAD = {"refresh_interval": "-1", "number_of_replicas": 0, "gc_deletes": "24h"}
 _RESTORED_KEYS = ("refresh_interval", "number_of_replicas", "gc_deletes")
+
+
+def bulk_load_settings(live_gc_deletes: Any | None) -> dict[str, Any]:
+    """:data:`BULK_LOAD`, keeping deletes at least as long as the live indices do.
+
+    ``live_gc_deletes`` is the value the index gets back after the fill (its definition's,
+    derived from ``runtime.max_retry_s``); should it exceed 24 h the fill keeps it, so the
+    index never forgets a delete sooner while being filled than once live.
+    """
+    settings = dict(BULK_LOAD)
+    if live_gc_deletes is not None and time_value_s(live_gc_deletes) > time_value_s(
+        BULK_LOAD["gc_deletes"]
+    ):
+        settings["gc_deletes"] = live_gc_deletes
+    return settings
+
 
 LOCK_FAMILY = "reindex"
 
@@ -249,7 +265,7 @@ def bulk_load_definition(
     others, restore = split_settings(dict(definition.get("settings") or {}))
     restore = restore_values(restore, index_settings)
     nested = dict(others.get("index") or {})
-    nested.update(BULK_LOAD)
+    nested.update(bulk_load_settings(restore["gc_deletes"]))
     others["index"] = nested
     body = dict(definition)
     body["settings"] = others

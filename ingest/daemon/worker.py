@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -94,7 +95,15 @@ class StreamWorker:
 
     def run(self) -> None:
         """Blocks until stop is set (then flushes and leaves the group) or a fatal error."""
-        ensure_live_index(self._search, self._ledger, self.stream, self._catalog)
+        ensure_live_index(
+            self._search,
+            self._ledger,
+            self.stream,
+            self._catalog,
+            gc_deletes_s=self.settings.gc_deletes_s(self.stream),
+        )
+        retention_s = self.settings.ledger.delete_marker_retention_s
+        self._ledger.purge_delete_markers(datetime.now(UTC) - timedelta(seconds=retention_s))
         self.run_id = self._ledger.start_run(
             "stream",
             self.stream.name,

@@ -2,7 +2,7 @@
 
 Import :class:`PostgresLedger` and the row types from here; the submodules are
 ``postgres`` (the class, composed of one module per record kind: ``offsets``, ``runs``,
-``dead_letters``, ``index_versions``, ``chunks``, over ``base``: connections, error
+``dead_letters``, ``index_versions``, ``chunks``, ``deletes``, over ``base``: connections, error
 translation, the WHERE builder), ``models`` (row dataclasses and their stored form) and
 ``migrator`` (versioned migrations and worker privileges).
 """

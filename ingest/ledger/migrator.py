@@ -32,9 +32,16 @@ log = structlog.get_logger(__name__)
 _FILE_NAME = re.compile(r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+)\.sql$")
 
 #: Tables a worker reads and writes (daemon, backfills, reindex, status).
-WORKER_TABLES = ("partition_offsets", "runs", "dead_letters", "index_versions", "backfill_chunks")
-#: The only table a worker deletes from: dead letters are purged by age.
-PURGEABLE_TABLES = ("dead_letters",)
+WORKER_TABLES = (
+    "partition_offsets",
+    "runs",
+    "dead_letters",
+    "index_versions",
+    "backfill_chunks",
+    "delete_markers",
+)
+#: The only tables a worker deletes from: dead letters and delete markers, purged by age.
+PURGEABLE_TABLES = ("dead_letters", "delete_markers")
 MIGRATIONS_TABLE = "schema_migrations"
 
 
@@ -188,9 +195,10 @@ def grant_statements(schema: str, role: str) -> list[sql.Composed]:
     """The statements giving ``role`` what workers need on ``schema`` and nothing more.
 
     USAGE on the schema (no CREATE), SELECT/INSERT/UPDATE on the worker tables, DELETE only on
-    dead letters (purge), SELECT on ``schema_migrations`` so :func:`apply_migrations` can see
-    the schema is current, and USAGE on the sequences behind ``bigserial`` ids. Run after the
-    migrations, as their owner: ``ALL SEQUENCES`` covers the sequences that exist then.
+    dead letters and delete markers (both purged by age), SELECT on ``schema_migrations`` so
+    :func:`apply_migrations` can see the schema is current, and USAGE on the sequences behind
+    ``bigserial`` ids. Run after the migrations, as their owner: ``ALL SEQUENCES`` covers the
+    sequences that exist then.
     """
     role_id = sql.Identifier(check_grantee(role))
     stmts = [

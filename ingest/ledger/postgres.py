@@ -3,11 +3,12 @@
 It owns every durable decision that makes writes idempotent: where each consumer group stands
 on each partition (with a generation that fences a stale owner), which records were
 dead-lettered, which runs happened, which index versions exist behind an alias and which
-backfill chunks are done. Each record kind has its own module (``offsets``, ``runs``,
-``dead_letters``, ``index_versions``, ``chunks``) over the shared connections, error
-translation and WHERE builder in ``base``; this module composes them into
-:class:`PostgresLedger` and holds what spans them: the schema's migrations and grants, and
-the flush, the one transaction that writes three record kinds at once.
+backfill chunks are done, and which documents were deleted. Each record kind has its own
+module (``offsets``, ``runs``, ``dead_letters``, ``index_versions``, ``chunks``,
+``deletes``) over the shared connections, error translation and WHERE builder in ``base``;
+this module composes them into :class:`PostgresLedger` and holds what spans them: the
+schema's migrations and grants, and the flush, the one transaction that writes four record
+kinds at once.
 
 Each public method is one short transaction on a pooled connection in autocommit mode,
 except :meth:`PostgresLedger.try_lock_chunk`, which keeps a dedicated connection holding a
@@ -20,15 +21,23 @@ from collections.abc import Mapping, Sequence
 
 from ingest.ledger.chunks import ChunkLedger
 from ingest.ledger.dead_letters import DeadLetterLedger
+from ingest.ledger.deletes import DeleteMarkerLedger
 from ingest.ledger.index_versions import IndexVersionLedger
 from ingest.ledger.migrator import apply_migrations, grant_statements, load_migrations
 from ingest.ledger.models import FlushMark, OffsetCommit, check_counters
 from ingest.ledger.offsets import OffsetLedger
 from ingest.ledger.runs import RunLedger
-from ingest.types import DeadLetter
+from ingest.types import DeadLetter, DeleteMarker
 
 
-class PostgresLedger(OffsetLedger, RunLedger, DeadLetterLedger, IndexVersionLedger, ChunkLedger):
+class PostgresLedger(
+    OffsetLedger,
+    RunLedger,
+    DeadLetterLedger,
+    IndexVersionLedger,
+    ChunkLedger,
+    DeleteMarkerLedger,
+):
     """The ledger on one PostgreSQL database and schema; thread-safe.
 
     Construct it once per process; it connects at once (blocking up to
@@ -66,8 +75,9 @@ class PostgresLedger(OffsetLedger, RunLedger, DeadLetterLedger, IndexVersionLedg
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
         flush: FlushMark | None = None,
+        deletes: Sequence[DeleteMarker] = (),
     ) -> None:
-        """Record one flush atomically: next offsets, dead letters and run counters.
+        """Record one flush atomically: next offsets, dead letters, deletes and run counters.
 
         Called after the sink wrote the batch and before the Kafka commit. Raises
         :class:`~ingest.errors.FencedError` (and writes nothing) if any partition's stored
@@ -75,7 +85,9 @@ class PostgresLedger(OffsetLedger, RunLedger, DeadLetterLedger, IndexVersionLedg
         already stored (same stream, source, topic, partition, offset) only get
         ``attempts``/``last_seen_at`` bumped. ``counters`` are added to the run's counters,
         once per ``flush`` mark (writer id, flush number): re-sending a commit that landed
-        adds nothing.
+        adds nothing. ``deletes`` (the deletes the sink applied) become delete markers, the
+        newest version per document kept; in this same transaction, so a delete whose
+        offset is committed is always remembered.
         """
         ordered = sorted(offsets, key=lambda c: (c.group, c.topic, c.partition))
         added = check_counters(counters)
@@ -83,5 +95,6 @@ class PostgresLedger(OffsetLedger, RunLedger, DeadLetterLedger, IndexVersionLedg
             for c in ordered:
                 self._commit_offset(conn, c)
             self._upsert_dead_letters(conn, dead_letters)
+            self._upsert_delete_markers(conn, deletes)
             if run_id is not None and added:
                 self._add_counters(conn, run_id, added, flush)

@@ -179,7 +179,13 @@ def _replay_stream(
 
     ledger = components.ledger
     result = StreamReplay(stream.name, selected=len(rows))
-    ensure_live_index(components.search, ledger, stream, components.catalog)
+    ensure_live_index(
+        components.search,
+        ledger,
+        stream,
+        components.catalog,
+        gc_deletes_s=components.settings.gc_deletes_s(stream),
+    )
     router = IndexRouter(stream, ledger)
     router.refresh()
     run_id = ledger.start_run(RUN_KIND, stream.name, {"records": len(rows)})

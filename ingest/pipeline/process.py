@@ -4,9 +4,10 @@
 transform), appending to a :class:`~ingest.pipeline.batch.Batch`. ``BatchWriter`` flushes a batch in
 the one order that makes every write idempotent::
 
+    0. delete check    drop index writes a recorded delete supersedes (one ledger read)
     1. sink write      bulk-index the actions (409 = already applied; 400 = dead letter)
     2. ledger commit   ONE PostgreSQL transaction: next offsets (fenced by generation)
-                       + dead letters + run counters
+                       + dead letters + delete markers + run counters
     3. Kafka commit    by the caller, for lag tooling only; the ledger is the truth
 
 A crash before 2 replays the batch: external versions make the re-sent documents no-ops and
@@ -24,10 +25,11 @@ from typing import Any, Protocol
 
 from ingest.errors import OversizeError, RecordError, TombstoneError
 from ingest.pipeline.batch import Batch, newest_per_document
+from ingest.pipeline.deletes import applied_deletes, drop_superseded
 from ingest.pipeline.routing import routing_from_body
 from ingest.pipeline.transform import Transformer
 from ingest.settings import StreamSettings
-from ingest.types import DeadLetter, FastPath, IndexAction, RawRecord
+from ingest.types import DeadLetter, DeleteMarker, FastPath, IndexAction, RawRecord
 
 
 class Decoder(Protocol):
@@ -50,7 +52,10 @@ class LedgerCommitter(Protocol):
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
         flush: tuple[str, int] | None = None,
+        deletes: Sequence[DeleteMarker] = (),
     ) -> None: ...
+
+    def delete_markers(self, alias: str, doc_ids: Sequence[str]) -> Mapping[str, int]: ...
 
 
 DeadLetterPublisher = Callable[[Sequence[DeadLetter]], None]
@@ -158,6 +163,9 @@ class FlushOutcome:
     indexed: int = 0
     deleted: int = 0
     conflicts: int = 0
+    #: Index writes dropped because a delete of their document is as new or newer (also
+    #: counted in ``conflicts``: the index would have answered 409 while it remembered it).
+    superseded: int = 0
     filtered: int = 0
     retries: int = 0
     python_path: int = 0
@@ -217,22 +225,28 @@ class BatchWriter:
             records=batch.records, filtered=batch.filtered, python_path=batch.python_path
         )
         dead = list(batch.dead_letters)
-        actions = newest_per_document(batch.actions)
+        deletes: list[DeleteMarker] = []
+        live, outcome.superseded = drop_superseded(
+            self._ledger, self.stream.alias, batch.actions, call=self._retry
+        )
+        actions = newest_per_document(live)
+        outcome.conflicts = len(batch.actions) - len(actions)
         if actions:
             result = self._sink.write(actions, targets)
             outcome.indexed = result.indexed
             outcome.deleted = result.deleted
-            outcome.conflicts = result.conflicts + (len(batch.actions) - len(actions))
+            outcome.conflicts += result.conflicts
             outcome.retries = result.retries
             dead += [
                 DeadLetter(action.record, "index", f"index: {reason}", self.stream.name)
                 for action, reason in result.rejected
             ]
+            deletes = applied_deletes(self.stream.name, self.stream.alias, actions, result.rejected)
         outcome.dead_letters.update(d.stage for d in dead)
         if dead and self._publish is not None:
             self._publish(dead)
         self._flushes += 1
-        commit_args = (offsets, dead, self.run_id, outcome.counters(), self._flush_mark())
+        commit_args = (offsets, dead, self.run_id, outcome.counters(), self._flush_mark(), deletes)
         if self._retry is None:
             self._ledger.commit(*commit_args)
         else:

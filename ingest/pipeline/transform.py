@@ -89,6 +89,7 @@ class Transformer:
         self._version_field = stream.version_field
         self._routing_field = stream.routing_field
         self._max_document_bytes = stream.max_document_bytes
+        self._tombstone_header = stream.tombstone_version_header
         self._hook = (
             hook
             if hook is not None
@@ -129,11 +130,14 @@ class Transformer:
         return IndexAction("index", doc_id, version, body, record, routing)
 
     def tombstone(self, record: RawRecord) -> IndexAction:
-        """A delete for a null-valued record, keyed by the Kafka key, versioned by offset.
+        """A delete for a null-valued record, keyed by the Kafka key.
 
-        Tombstones carry no record fields, so the offset is their only version; on a stream
-        versioned by a record field the delete uses the broker timestamp in milliseconds,
-        which is comparable with timestamp-based versions.
+        Tombstones carry no record fields. On a stream versioned by offsets the offset is
+        the delete's version; on one versioned by a record field, the configured
+        ``tombstone_version_header`` if any, else the broker timestamp in milliseconds —
+        comparable with timestamp versions only, which :mod:`ingest.avro.fields` checks at
+        start. A tombstone without that version is dead-lettered: versioned 0 it would never
+        delete anything, and a 409 would count it as applied.
         """
         if record.key is None:
             raise TransformError("tombstone without a key cannot name a document")
@@ -141,7 +145,14 @@ class Transformer:
             doc_id = record.key.decode()
         except UnicodeDecodeError as exc:
             raise TransformError("tombstone key is not UTF-8") from exc
-        version = record.offset if self._version_field is None else record.timestamp_ms
+        if self._version_field is None:
+            version = record.offset
+        elif self._tombstone_header is not None:
+            version = self._header_version(record, self._tombstone_header)
+        elif record.timestamp_ms > 0:
+            version = record.timestamp_ms
+        else:
+            raise TransformError("tombstone has no broker timestamp to version the delete")
         routing = None if self._routing_field is None else self._tombstone_routing(record, doc_id)
         return IndexAction("delete", doc_id, version, None, record, routing)
 
@@ -170,6 +181,19 @@ class Transformer:
                 detail={"header": header},
             )
         return routing
+
+    @staticmethod
+    def _header_version(record: RawRecord, header: str) -> int:
+        """The version in the record's last ``header`` header: ASCII digits."""
+        values = [value for name, value in record.headers if name == header]
+        last = values[-1] if values else None
+        text = last.decode("ascii", "replace").strip() if last is not None else ""
+        if not text.isdigit() or not text.isascii():
+            problem = "missing" if not values else "not a non-negative integer"
+            raise TransformError(
+                f"tombstone version header is {problem}", detail={"header": header}
+            )
+        return int(text)
 
     def _doc_id(self, doc: dict[str, Any], record: RawRecord) -> str:
         if self._id_field is None:

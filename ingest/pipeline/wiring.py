@@ -1,7 +1,8 @@
 """Connecting to the ledger, the search cluster and the schema catalog, once, for any job.
 
 The daemon, the backfills, the reindexer and the operator commands all start the same way:
-load the catalog (bad schema files fail here), connect to PostgreSQL and migrate, connect to
+load the catalog (bad schema files, and id or version fields the schemas do not have, fail
+here), connect to PostgreSQL and migrate, connect to
 the search cluster (its kind detected). Each failure is one ConfigError line. The pipeline for
 a stream is built here too, so stream and backfill share one code path.
 """
@@ -16,6 +17,7 @@ import structlog
 
 from ingest.avro.catalog import SchemaCatalog
 from ingest.avro.codec import AvroCodec
+from ingest.avro.fields import check_stream_fields
 from ingest.avro.transcode import fast_path_for
 from ingest.errors import ConfigError
 from ingest.kafka.deadletters import DeadLetterTopic
@@ -50,6 +52,7 @@ def open_components(settings: Settings) -> Iterator[Components]:
     catalog = SchemaCatalog.load(settings.schemas_dir)
     for stream in settings.streams:
         latest = catalog.latest(stream.subject)
+        check_stream_fields(catalog, stream)  # a typo'd id or version field fails here
         if stream.transform:
             load_hook(stream.transform)  # a missing hook is a config error, at start
         if stream.routing_field is not None:

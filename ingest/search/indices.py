@@ -19,8 +19,8 @@ import structlog
 from ingest.avro.catalog import SchemaCatalog
 from ingest.ledger import IndexVersionRow, PostgresLedger
 from ingest.search.client import SearchRequestError
-from ingest.search.mapping import index_definition
-from ingest.settings import StreamSettings
+from ingest.search.mapping import index_definition, time_value
+from ingest.settings import StreamSettings, gc_deletes_setting, time_value_s
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +31,8 @@ class IndexAdmin(Protocol):
     def get_alias(self, alias: str) -> dict[str, dict[str, Any]]: ...
     def create_index(self, name: str, body: Mapping[str, Any]) -> None: ...
     def update_aliases(self, actions: list[dict[str, Any]]) -> None: ...
+    def get_settings(self, index: str) -> dict[str, Any]: ...
+    def put_settings(self, index: str, settings: Mapping[str, Any]) -> None: ...
 
 
 class IndexVersionBook(Protocol):
@@ -54,12 +56,18 @@ def physical_index_name(alias: str, version: int) -> str:
 
 
 def ensure_live_index(
-    client: IndexAdmin, ledger: IndexVersionBook, stream: StreamSettings, catalog: SchemaCatalog
+    client: IndexAdmin,
+    ledger: IndexVersionBook,
+    stream: StreamSettings,
+    catalog: SchemaCatalog,
+    *,
+    gc_deletes_s: float,
 ) -> str:
     """Make sure the stream's alias exists with a write index; returns the live index name.
 
     Safe when several daemons start at once: whoever loses the race to create the index
-    finds the alias in place.
+    finds the alias in place. The index remembers deletes for at least ``gc_deletes_s``
+    (``Settings.gc_deletes_s``): set at creation, raised on an index created with less.
     """
     alias = stream.alias
     existing = client.get_alias(alias)
@@ -69,12 +77,15 @@ def ensure_live_index(
         if not any(v.index_name == live for v in ledger.index_versions(alias)):
             version = _version_of(alias, live) or 1
             ledger.add_index_version(alias, version, live, reader.fingerprint, "live")
+        keep_deletes(client, live, gc_deletes_s)
         return live
     known = ledger.index_versions(alias)
     version = max((int(v.version) for v in known), default=0) + 1
     index = physical_index_name(alias, version)
     try:
-        client.create_index(index, index_definition(reader, stream.index))
+        client.create_index(
+            index, index_definition(reader, stream.index, gc_deletes_s=gc_deletes_s)
+        )
     except SearchRequestError as exc:
         # Another process (daemon or backfill worker) created it a moment ago: same index.
         if exc.error_type != "resource_already_exists_exception":
@@ -83,6 +94,30 @@ def ensure_live_index(
     ledger.add_index_version(alias, version, index, reader.fingerprint, "live")
     log.info("index_created", alias=alias, index=index)
     return index
+
+
+#: The server's default ``index.gc_deletes``.
+DEFAULT_GC_DELETES_S = 60.0
+
+
+def keep_deletes(client: IndexAdmin, index: str, gc_deletes_s: float) -> None:
+    """Raise ``index``'s ``gc_deletes`` to ``gc_deletes_s`` if it is lower (never lower it).
+
+    Indices created before delete retention was set keep the server's 60 s. A cluster that
+    refuses the update (no ``manage`` privilege) is logged, not fatal: the ledger's delete
+    markers still guard every write; only a write racing a delete's ledger commit is then
+    left to the shorter retention.
+    """
+    try:
+        current = gc_deletes_setting(client.get_settings(index).get("index") or {})
+        current_s = DEFAULT_GC_DELETES_S if current is None else time_value_s(current)
+        if current_s >= gc_deletes_s:
+            return
+        client.put_settings(index, {"index": {"gc_deletes": time_value(gc_deletes_s)}})
+    except (SearchRequestError, ValueError) as exc:
+        log.warning("index_gc_deletes_not_raised", index=index, error=str(exc))
+        return
+    log.info("index_gc_deletes_raised", index=index, gc_deletes_s=gc_deletes_s)
 
 
 def _write_index(aliases: Mapping[str, Any]) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 
 from ingest.avro.catalog import SchemaVersion
 from ingest.errors import ConfigError
-from ingest.settings import IndexSettings
+from ingest.settings import IndexSettings, gc_deletes_setting
 
 DATE_FORMAT = "strict_date_optional_time||epoch_millis"
 
@@ -201,19 +201,34 @@ def derive_mapping(
 
 
 def index_definition(
-    schema: SchemaVersion | dict[str, Any], index_settings: IndexSettings
+    schema: SchemaVersion | dict[str, Any],
+    index_settings: IndexSettings,
+    *,
+    gc_deletes_s: float | None = None,
 ) -> dict[str, Any]:
-    """The body of a create-index request: settings (shards, replicas, refresh) + mapping."""
+    """The body of a create-index request: settings (shards, replicas, refresh) + mapping.
+
+    ``gc_deletes_s``: how long the index remembers a delete (``index.gc_deletes``), given for
+    the indices the pipeline writes (see ``Settings.gc_deletes_s``); the stream's own
+    ``settings`` win over it.
+    """
     settings: dict[str, Any] = {
         "number_of_shards": index_settings.shards,
         "number_of_replicas": index_settings.replicas,
         "refresh_interval": index_settings.refresh_interval,
     }
+    if gc_deletes_s is not None and gc_deletes_setting(index_settings.settings) is None:
+        settings["gc_deletes"] = time_value(gc_deletes_s)
     settings.update(index_settings.settings)
     return {
         "settings": settings,
         "mappings": derive_mapping(schema, index_settings.field_overrides),
     }
+
+
+def time_value(seconds: float) -> str:
+    """``seconds`` as an Elasticsearch time value, whole milliseconds."""
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 # ----------------------------------------------------------------------------- diffs

@@ -231,3 +231,16 @@ def test_refused_client_certificate_fails_at_start(
     assert f"search server {gateway.url} is unreachable" in _one_error_line(output)
     assert gateway.handshakes_refused >= 1
     assert took < LIMIT_S
+
+
+def test_a_typo_in_id_field_stops_ingest_run_at_start_with_one_line(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Without this check every record would be dead-lettered while the offsets advance."""
+    config = _config(make_settings(partitions=1), tmp_path, _set("streams.0.id_field", "order_idd"))
+    code, output, took = _run(config, tmp_path)
+    assert code == 2, output
+    assert output.strip().splitlines() == [
+        "error: stream 'orders': id_field 'order_idd' is not a field of orders v1, v2"
+    ]
+    assert took < LIMIT_S

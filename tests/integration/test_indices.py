@@ -26,7 +26,11 @@ def test_concurrent_first_starts_create_one_index_behind_the_alias(
                 barrier.wait(10)
                 results.append(
                     ensure_live_index(
-                        components.search, components.ledger, stream, components.catalog
+                        components.search,
+                        components.ledger,
+                        stream,
+                        components.catalog,
+                        gc_deletes_s=settings.gc_deletes_s(stream),
                     )
                 )
         except BaseException as exc:
@@ -63,6 +67,12 @@ def test_losing_the_create_race_still_adds_the_alias(
                 real.create_index(name, body)  # the other process wins the race
                 real.create_index(name, body)  # ours then finds it there
 
-        index = ensure_live_index(RacingClient(), components.ledger, stream, components.catalog)
+        index = ensure_live_index(
+            RacingClient(),
+            components.ledger,
+            stream,
+            components.catalog,
+            gc_deletes_s=settings.gc_deletes_s(stream),
+        )
         assert index == f"{stream.alias}-v1"
         assert list(real.get_alias(stream.alias)) == [index]

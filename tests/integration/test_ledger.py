@@ -41,6 +41,7 @@ TABLES = {
     "dead_letters",
     "index_versions",
     "backfill_chunks",
+    "delete_markers",
 }
 
 

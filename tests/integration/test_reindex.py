@@ -30,7 +30,7 @@ from ingest.dev.samples import millis, next_version, sample_orders
 from ingest.kafka.producer import RecordProducer
 from ingest.ledger import PostgresLedger
 from ingest.search.client import connect_search
-from ingest.search.mapping import index_definition
+from ingest.search.mapping import index_definition, time_value
 from ingest.settings import Settings
 from tests.support.daemon import caught_up, end_offsets, index_versions, wait_for
 from tests.support.procs import Proc, kill_9, run_cli, start_cli, stop_quietly
@@ -215,7 +215,9 @@ def test_reindex_rollback_and_keep_beside_a_live_stream(
         index_settings = client.get_settings(f"{alias}-v3")["index"]
     assert index_settings.get("refresh_interval") in (None, "1s"), "bulk-load settings restored"
     assert int(index_settings.get("number_of_replicas", 0)) == 0
-    assert index_settings.get("gc_deletes") is None, "tombstone retention back to default"
+    assert index_settings.get("gc_deletes") == time_value(
+        settings.gc_deletes_s(settings.streams[0])
+    ), "tombstone retention of a live index, not the bulk load's"
 
 
 def test_kill_9_at_every_step_then_rerun_converges(
@@ -325,7 +327,10 @@ def test_reindex_from_archive_files(make_settings: Callable[..., Settings], tmp_
     with archive.open("wb") as fo:
         fastavro.writer(fo, schema.schema, orders)
     with open_components(settings) as c:
-        ensure_live_index(c.search, c.ledger, settings.streams[0], c.catalog)
+        stream = settings.streams[0]
+        ensure_live_index(
+            c.search, c.ledger, stream, c.catalog, gc_deletes_s=settings.gc_deletes_s(stream)
+        )
     assert run_file_backfill(settings, "orders", str(archive)).ok
     expected = {o["order_id"]: millis(o["updated_at"]) for o in orders}
     alias = settings.streams[0].alias

@@ -84,9 +84,13 @@ class FakeLedger:
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
         flush: tuple[str, int] | None = None,
+        deletes: Sequence[Any] = (),
     ) -> None:
         assert not offsets, "a backfill never moves the daemon's offsets"
         self.commits.append((list(dead_letters), run_id, dict(counters or {})))
+
+    def delete_markers(self, alias: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        return {}
 
 
 class FakeSearch:

@@ -14,7 +14,7 @@ from ingest.pipeline.batch import Batch
 from ingest.pipeline.process import BatchWriter, RecordProcessor
 from ingest.pipeline.transform import Transformer
 from ingest.settings import StreamSettings
-from ingest.types import DeadLetter, IndexAction, RawRecord
+from ingest.types import DeadLetter, DeleteMarker, IndexAction, RawRecord
 
 STREAM = StreamSettings(
     name="s",
@@ -73,6 +73,10 @@ class FakeLedger:
         default_factory=list
     )
     marks: list[tuple[str, int] | None] = field(default_factory=list)
+    #: (alias, doc id) -> newest delete version committed, as the delete_markers table.
+    markers: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: The ids each delete_markers query asked for.
+    marker_queries: list[list[str]] = field(default_factory=list)
 
     def commit(
         self,
@@ -81,13 +85,23 @@ class FakeLedger:
         run_id: int | None = None,
         counters: Mapping[str, int] | None = None,
         flush: tuple[str, int] | None = None,
+        deletes: Sequence[DeleteMarker] = (),
     ) -> None:
         self.marks.append(flush)
         self.commits.append((list(offsets), list(dead_letters), counters))
+        for m in deletes:
+            key = (m.alias, m.doc_id)
+            self.markers[key] = max(self.markers.get(key, m.version), m.version)
+
+    def delete_markers(self, alias: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        self.marker_queries.append(list(doc_ids))
+        return {i: v for (a, i), v in self.markers.items() if a == alias and i in doc_ids}
 
 
 def records(*values: bytes | None) -> list[RawRecord]:
-    return [RawRecord("t", 0, i, b"key", v) for i, v in enumerate(values)]
+    """Records at offsets 0, 1 ... with broker timestamps 5000, 5001 ... (tombstones'
+    version on a stream versioned by a record field)."""
+    return [RawRecord("t", 0, i, b"key", v, timestamp_ms=5_000 + i) for i, v in enumerate(values)]
 
 
 def process(*values: bytes | None, stream: StreamSettings = STREAM) -> Batch:
@@ -127,7 +141,7 @@ def test_fast_path_results_are_used_and_refusals_take_the_python_path_in_order()
         ("f0", 0, b'{"fast":true}'),
         ("a", 1, b'{"id":"a","v":1}'),
         ("f3", 30, b'{"fast":true}'),
-        ("key", 0, None),  # a tombstone (broker-time version) never reaches it
+        ("key", 5_004, None),  # a tombstone (broker-time version) never reaches it
     ]
     assert [(d.record.offset, d.stage) for d in batch.dead_letters] == [(2, "decode")]
     assert seen == [b"fast", b"a:1", b"?", b"fast"]
@@ -236,3 +250,63 @@ def test_each_flush_is_numbered_and_a_retried_commit_resends_the_same_number() -
     (w, n1), (w_again, n1_again), (w2, n2), (o, m1) = ledger.marks  # type: ignore[misc]
     assert w == w_again == w2 and (n1, n1_again, n2) == (1, 1, 2)
     assert o != w and m1 == 1
+
+
+# -- deleted documents stay deleted (the check every write path shares) -------------------
+
+
+def _batch(*actions: tuple[str, str, int]) -> Batch:
+    """A batch of (op, id, version) actions, one record each, in offset order."""
+    batch = Batch()
+    for offset, (op, doc_id, version) in enumerate(actions):
+        record = RawRecord("t", 0, offset, doc_id.encode(), None if op == "delete" else b"x")
+        batch.note(record, 0.0)
+        body = None if op == "delete" else b"{}"
+        batch.add_action(IndexAction(op, doc_id, version, body, record))  # type: ignore[arg-type]
+    return batch
+
+
+def test_a_write_not_newer_than_a_recorded_delete_is_dropped_as_a_conflict() -> None:
+    """A delete committed by an earlier flush (any process, any path) outlives the index's
+    memory of it: equal and older versions never reach the sink, newer ones do."""
+    ledger = FakeLedger()
+    sink = FakeSink()
+    writer = BatchWriter(STREAM, sink, ledger)
+    writer.flush(_batch(("delete", "a", 5)), ["a"])
+    assert ledger.markers == {("a", "a"): 5}
+
+    outcome = writer.flush(_batch(("index", "a", 4), ("index", "a", 5), ("index", "b", 1)), ["a"])
+    ((sent, _),) = sink.calls[1:]
+    assert [(a.doc_id, a.version) for a in sent] == [("b", 1)]
+    assert (outcome.superseded, outcome.conflicts, outcome.indexed) == (2, 2, 1)
+    assert ledger.commits[-1][1] == [], "superseded writes are not dead letters"
+    assert ledger.marker_queries[-1] == ["a", "b"], "one query for the batch's ids"
+
+    writer.flush(_batch(("index", "a", 6)), ["a"])
+    assert [(a.doc_id, a.version) for a in sink.calls[-1][0]] == [("a", 6)]
+
+
+def test_a_delete_in_the_same_batch_supersedes_older_writes_and_is_recorded() -> None:
+    ledger = FakeLedger()
+    sink = FakeSink()
+    outcome = BatchWriter(STREAM, sink, ledger).flush(
+        _batch(("index", "a", 3), ("delete", "a", 4), ("index", "a", 2)), ["a"]
+    )
+    ((sent, _),) = sink.calls
+    assert [(a.op, a.version) for a in sent] == [("delete", 4)]
+    assert outcome.conflicts == 2
+    assert ledger.markers == {("a", "a"): 4}
+
+
+def test_a_delete_the_index_refuses_is_not_recorded_and_markers_keep_the_newest() -> None:
+    ledger = FakeLedger()
+    writer = BatchWriter(STREAM, FakeSink(reject_ids={"r"}), ledger)
+    writer.flush(_batch(("delete", "r", 9), ("delete", "a", 7)), ["a"])
+    writer.flush(_batch(("delete", "a", 3)), ["a"])
+    assert ledger.markers == {("a", "a"): 7}
+
+
+def test_a_batch_of_deletes_only_asks_the_ledger_nothing() -> None:
+    ledger = FakeLedger()
+    BatchWriter(STREAM, FakeSink(), ledger).flush(_batch(("delete", "a", 1)), ["a"])
+    assert ledger.marker_queries == []
