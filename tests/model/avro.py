@@ -88,7 +88,7 @@ class Schema:
         self._write(self.doc, record, out)
         return bytes(out)
 
-    def _write(self, schema: Any, value: Any, out: bytearray) -> None:  # noqa: C901, PLR0912
+    def _write(self, schema: Any, value: Any, out: bytearray) -> None:
         if isinstance(schema, str):
             if schema in self.named:
                 self._write(self.named[schema], value, out)

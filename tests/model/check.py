@@ -56,7 +56,7 @@ def _refused_kind(event: Event) -> str:
     return event.op.poison or event.op.kind
 
 
-def check_index(world: World) -> list[Finding]:  # noqa: C901, PLR0912
+def check_index(world: World) -> list[Finding]:
     model = world.model
     expected = model.expected()
     observed = world.index_hits()
@@ -159,14 +159,14 @@ def check_dead_letters(world: World) -> list[Finding]:
                 )
             )
     for origin in sorted(set(rows) - set(world.model.bad)):
-        op = world.produced_at.get(origin)
-        kind = (op.poison or op.kind) if op else "?"
+        source = world.produced_at.get(origin)
+        kind = (source.poison or source.kind) if source else "?"
         findings.append(
             Finding(
                 f"dead-letter-unexpected:{kind}",
-                f"{op} at {origin} dead-lettered ({rows[origin][0]}: {rows[origin][1][:200]!r})"
+                f"{source} at {origin} dead-lettered ({rows[origin][0]}: {rows[origin][1][:200]!r})"
                 " but the model holds it good",
-                frozenset({op.key}) if op else frozenset(),
+                frozenset({source.key}) if source else frozenset(),
             )
         )
     return findings

@@ -188,7 +188,7 @@ class Generator:
             self.puts.append(op)
         return op
 
-    def step(self, kind: str) -> list[Op]:  # noqa: C901, PLR0911, PLR0912
+    def step(self, kind: str) -> list[Op]:
         """The operations for one step of ``kind`` (one of :data:`COVERAGE`)."""
         rng = self.rng
         key = rng.choice(self.keys)

@@ -105,7 +105,7 @@ class Payload:
     timestamp_ms: int
 
 
-def payload(op: Op) -> Payload:  # noqa: PLR0911
+def payload(op: Op) -> Payload:
     """The Kafka record for a record op, bytes written by the model's own Avro writer."""
     key = op.key.encode()
     ts = version_ms(op.n)

@@ -52,7 +52,7 @@ def profile_for(seed: int) -> Profile:
     )
 
 
-def apply(world: World, op: Op) -> None:  # noqa: C901
+def apply(world: World, op: Op) -> None:
     """Carry out one operation (see :mod:`tests.model.ops` for their meaning)."""
     world.supervise()
     if op.base in RECORD_KINDS:

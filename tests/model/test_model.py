@@ -1,8 +1,8 @@
 """The model checker: seeded operation lists on the real processes, end state vs the model.
 
 CI profile (the normal suite): seed ``MODEL_SEED`` (default 1), ``MODEL_STEPS`` random steps
-(default 16) plus one of every operation kind the list lacks, so every kind runs in CI; a
-failure is shrunk for up to ``MODEL_SHRINK_S`` seconds (default 300) and reported with a
+(default 8) plus one of every operation kind the list lacks, so every kind runs in CI; a
+failure is shrunk for up to ``MODEL_SHRINK_S`` seconds (default 240) and reported with a
 command that reruns the shortest sequence. ``MODEL_OPS='...'`` runs exactly that sequence
 (no shrinking unless ``MODEL_SHRINK_S`` is set).
 
@@ -25,6 +25,10 @@ from tests.model.runner import Outcome, Run, executor, report, shrink
 from tests.model.world import Endpoints
 
 SOAK = os.environ.get("MODEL_SOAK") == "1"
+#: pytest-timeout's bound for the CI profile: one run (about 3 minutes) plus the shrinking
+#: budget, with room for a slow machine.
+CI_TIMEOUT_S = 600 + int(os.environ.get("MODEL_SHRINK_S") or 240)
+SOAK_TIMEOUT_S = int(os.environ.get("MODEL_DURATION_S") or 3600) + 1800
 
 
 def _int(name: str, default: int) -> int:
@@ -66,7 +70,7 @@ def _check_seed(
     print(f"model checker: seed {seed}: {len(outcome.ops)} ops in {outcome.took_s:.1f} s")
     if not outcome.findings:
         return None
-    default_budget = 0 if os.environ.get("MODEL_OPS") else 300
+    default_budget = 0 if os.environ.get("MODEL_OPS") else 240
     budget = float(os.environ.get("MODEL_SHRINK_S") or default_budget)
     return report(seed, outcome, _shrunk(outcome, run, budget))
 
@@ -74,24 +78,26 @@ def _check_seed(
 def test_generated_ci_profile_covers_every_operation_kind() -> None:
     """The CI profile's list holds one of every kind, so CI exercises them all."""
     gen = Generator(_int("MODEL_SEED", 1))
-    gen.ops(_int("MODEL_STEPS", 16), cover=True)
+    gen.ops(_int("MODEL_STEPS", 8), cover=True)
     assert set(COVERAGE) <= gen.covered
 
 
 @pytest.mark.skipif(SOAK, reason="MODEL_SOAK=1 runs the soak loop instead")
+@pytest.mark.timeout(CI_TIMEOUT_S)
 def test_model_checker_ci_profile(
     endpoints: Endpoints, tmp_path: Path, create_topic: Callable[..., str]
 ) -> None:
     """One seeded list of every operation kind on the real processes ends exactly as the
     model says: documents, dead letters and stages, ledger offsets, no crash loop."""
     failure = _check_seed(
-        _int("MODEL_SEED", 1), _int("MODEL_STEPS", 16), endpoints, tmp_path, create_topic
+        _int("MODEL_SEED", 1), _int("MODEL_STEPS", 8), endpoints, tmp_path, create_topic
     )
     if failure:
         pytest.fail(failure, pytrace=False)
 
 
 @pytest.mark.skipif(not SOAK, reason="the soak loop runs with MODEL_SOAK=1 (make soak)")
+@pytest.mark.timeout(SOAK_TIMEOUT_S)
 def test_model_checker_soak(
     endpoints: Endpoints, tmp_path: Path, create_topic: Callable[..., str]
 ) -> None:

@@ -34,6 +34,7 @@ import tomli_w
 from confluent_kafka import Producer
 
 from tests.model.ops import Op
+from tests.model.reference import BASE_MS as _BASE_MS
 from tests.model.reference import (
     SMALL_LIMIT_BYTES,
     V2,
@@ -42,7 +43,6 @@ from tests.model.reference import (
     version_ms,
     written_order,
 )
-from tests.model.reference import BASE_MS as _BASE_MS
 from tests.support.procs import Proc, kill_9, stack_env, start_process, terminate_and_wait
 
 INGEST = (sys.executable, "-m", "ingest")
@@ -217,6 +217,10 @@ class World:
                     Finding("stop-unclean", f"SIGTERM gave exit {code}\n{daemon.tail(8)}")
                 )
 
+    def _cli(self, tool: tuple[str, ...], *command: str) -> tuple[str, ...]:
+        """``python -m <tool> <command...> --config <current file> --stream orders``."""
+        return (*tool, *command, "--config", str(self.config), "--stream", "orders")
+
     def _run(self, args: tuple[str, ...], what: str, timeout_s: float) -> tuple[int, Proc]:
         proc = self._start(args, what)
         deadline = time.monotonic() + timeout_s
@@ -259,20 +263,22 @@ class World:
         try:
             with psycopg.connect(self.endpoints.ledger_dsn, connect_timeout=5) as conn:
                 rows = conn.execute(
-                    psycopg.sql.SQL(query).format(psycopg.sql.Identifier(self.name)),  # type: ignore[arg-type]
+                    psycopg.sql.SQL(query).format(psycopg.sql.Identifier(self.name)),
                     (f"{self.name}.orders", self.name),
                 ).fetchall()
         except psycopg.Error:
             return {}
         return {int(p): int(o) for p, o in rows}
 
-    def settle(self, timeout_s: float = 120.0) -> bool:
+    def settle(self, timeout_s: float = 60.0) -> bool:
         """Until running daemons committed every produced record; False on timeout."""
         if not self.alive():
             return True
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.supervise()
+            if not self.alive():
+                return False  # a crash loop outlived the restarts: a finding of its own
             got = self.ledger_offsets()
             if all(got.get(p, 0) >= end for p, end in self.ends.items()):
                 return True
@@ -295,7 +301,7 @@ class World:
     def backfill(self, op: Op) -> None:
         low, high = op.window()
         since, until = _iso_s(low), _iso_s(high)
-        args = (*BACKFILL, "kafka", "--config", str(self.config), "--stream", "orders")
+        args = self._cli(BACKFILL, "kafka")
         args += ("--since", since, "--until", until, "--chunk", "1h", "--force")
         args += ("--retries", "0", "--progress", "none", "--lock-wait", "60")
         code, proc = self._run(args, "backfill-kafka", 240)
@@ -313,7 +319,7 @@ class World:
             self.model.archived(source)
         with path.open("wb") as out:
             fastavro.writer(out, fastavro.parse_schema(V2.doc), records)
-        args = (*BACKFILL, "files", "--config", str(self.config), "--stream", "orders")
+        args = self._cli(BACKFILL, "files")
         args += ("--path", str(path), "--force", "--retries", "0", "--progress", "none")
         code, proc = self._run(args, "backfill-files", 240)
         if code != 0:
@@ -342,13 +348,13 @@ class World:
             for _ in range(count):
                 self.start_daemon()
         self.model.replayed()
-        args = (*INGEST, "dlq", "replay", "--config", str(self.config), "--stream", "orders")
+        args = self._cli(INGEST, "dlq", "replay")
         code, proc = self._run((*args, "--json"), "replay", 180)
         if code not in (0, 1):
             self.findings.append(Finding("replay-failed", f"exit {code}\n{proc.tail(12)}"))
 
     def reindex(self, op: Op) -> None:
-        args = (*BACKFILL, "reindex", "--config", str(self.config), "--stream", "orders")
+        args = self._cli(BACKFILL, "reindex")
         args += ("--source", op.arg or "kafka", "--keep", "1", "--ack-timeout-s", "30")
         code, proc = self._run(args, f"reindex-{op.arg}", 300)
         if code != 0:
@@ -360,7 +366,7 @@ class World:
         """At least one daemon, every record committed, then every daemon stopped cleanly."""
         if not self.alive():
             self.start_daemon()
-        self.settle(180)
+        self.settle(120)
         self.supervise()
         for daemon in self.alive():
             self._retire(daemon)
@@ -403,7 +409,7 @@ class World:
         try:
             with psycopg.connect(self.endpoints.ledger_dsn, connect_timeout=5) as conn:
                 rows = conn.execute(
-                    psycopg.sql.SQL(query).format(psycopg.sql.Identifier(self.name)),  # type: ignore[arg-type]
+                    psycopg.sql.SQL(query).format(psycopg.sql.Identifier(self.name)),
                     (self.name,),
                 ).fetchall()
         except psycopg.errors.UndefinedTable:
