@@ -43,13 +43,14 @@ def _normal(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _label(event: Event) -> str:
-    return f"{event.op}"
+def _seconds(version: int) -> str:
+    """A version in ms as the ops language writes it (``@N``: N seconds after the base)."""
+    return f"@{(version - version_ms(0)) // 1000}"
 
 
 def _history(model: Model, key: str) -> str:
     events = sorted(model.events.get(key, []), key=lambda e: e.n)
-    return ", ".join(f"{e.op}{'' if e.applied else ' (refused)'}" for e in events)
+    return ", ".join(f"{e.op}{'' if e.applied else ' (refused)'}{e.via}" for e in events)
 
 
 def _refused_kind(event: Event) -> str:
@@ -70,7 +71,8 @@ def check_index(world: World) -> list[Finding]:
         got = observed.get(key)
         want = expected.get(key)
         if got is not None:
-            bad = [e for e in refused if version_ms(e.n) == got[0]]
+            applied_at = {e.n for e in events if e.applied}
+            bad = [e for e in refused if version_ms(e.n) == got[0] and e.n not in applied_at]
             if bad and (want is None or want[0] != got[0]):
                 kind = _refused_kind(bad[0])
                 findings.append(
@@ -88,7 +90,7 @@ def check_index(world: World) -> list[Finding]:
                     Finding(
                         "resurrected",
                         f"{key} was deleted by {winner.op} but the index holds version"
-                        f" {got[0] - version_ms(0)}s; {history}",
+                        f" {_seconds(got[0])}; {history}",
                         keys,
                     )
                 )
@@ -99,7 +101,7 @@ def check_index(world: World) -> list[Finding]:
             continue
         newer_refused = [e for e in refused if version_ms(e.n) > want[0]]
         if got is None or got[0] < want[0]:
-            where = "absent" if got is None else f"at {(got[0] - version_ms(0)) // 1000}s"
+            where = "absent" if got is None else f"at version {_seconds(got[0])}"
             if newer_refused:
                 kinds = ", ".join(str(e.op) for e in newer_refused)
                 findings.append(

@@ -235,7 +235,15 @@ class Generator:
             # older version of that id re-sent by some path.
             deleted = self._record("del", key)
             again = rng.choice(("bf", "files", "older", "replay"))
-            tail = self.step(again) if again != "older" else [self._record("put", key, older=True)]
+            if again == "bf":
+                # A window holding older versions but not the delete itself: a backfill
+                # that re-reads the tombstone too would apply it again.
+                self.covered.add("bf")
+                tail = [Op("bf", arg=f"0-{deleted.n}")]
+            elif again == "older":
+                tail = [self._record("put", key, older=True)]
+            else:
+                tail = self.step(again)
             return [deleted, Op("settle"), Op("gc"), *tail]
         raise ValueError(f"no generator step for {kind!r}")
 

@@ -185,6 +185,7 @@ class Event:
     n: int
     op: Op
     applied: bool  # False: refused or malformed, never part of the document's history
+    via: str = ""  # how it reached the index when not straight from Kafka: " via archive" ...
 
 
 @dataclass
@@ -198,8 +199,8 @@ class Model:
     #: ``big`` records dead-lettered for size, applied once a replay raised the limit.
     waiting_for_replay: list[Op] = field(default_factory=list)
 
-    def _event(self, op: Op, applied: bool) -> None:
-        self.events.setdefault(op.key, []).append(Event(op.n, op, applied))
+    def _event(self, op: Op, applied: bool, via: str = "") -> None:
+        self.events.setdefault(op.key, []).append(Event(op.n, op, applied, via))
 
     def produced(self, op: Op, partition: int, offset: int) -> None:
         stage = stage_of(op, self.limit_raised)
@@ -215,13 +216,13 @@ class Model:
 
     def archived(self, op: Op) -> None:
         """A valid version re-sent from an archive file (``backfill files``)."""
-        self._event(op, applied=True)
+        self._event(op, applied=True, via=" via archive")
 
     def replayed(self) -> None:
         """The size limit is raised and the dead letters replayed: big records now apply."""
         self.limit_raised = True
         for op in self.waiting_for_replay:
-            self._event(op, applied=True)
+            self._event(op, applied=True, via=" via replay")
         self.waiting_for_replay.clear()
 
     def winner(self, key: str) -> Event | None:

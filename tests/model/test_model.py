@@ -28,7 +28,13 @@ SOAK = os.environ.get("MODEL_SOAK") == "1"
 #: pytest-timeout's bound for the CI profile: one run (about 3 minutes) plus the shrinking
 #: budget, with room for a slow machine.
 CI_TIMEOUT_S = 600 + int(os.environ.get("MODEL_SHRINK_S") or 240)
-SOAK_TIMEOUT_S = int(os.environ.get("MODEL_DURATION_S") or 3600) + 1800
+#: The soak starts no seed after ``MODEL_DURATION_S`` and cuts shrinking to what is left
+#: (at least a minute), so it ends within one more run and one more shrink.
+SOAK_TIMEOUT_S = (
+    int(os.environ.get("MODEL_DURATION_S") or 3600)
+    + int(os.environ.get("MODEL_SHRINK_S") or 240)
+    + 1200
+)
 
 
 def _int(name: str, default: int) -> int:
@@ -63,7 +69,13 @@ def _shrunk(outcome: Outcome, run: Run, budget_s: float) -> dict[str, list[Op]]:
 
 
 def _check_seed(
-    seed: int, steps: int, endpoints: Endpoints, root: Path, create_topic: Callable[..., str]
+    seed: int,
+    steps: int,
+    endpoints: Endpoints,
+    root: Path,
+    create_topic: Callable[..., str],
+    *,
+    until: float = float("inf"),
 ) -> str | None:
     run = executor(seed, endpoints, root / f"seed-{seed}", create_topic)
     outcome = run(_ops(seed, steps))
@@ -72,6 +84,7 @@ def _check_seed(
         return None
     default_budget = 0 if os.environ.get("MODEL_OPS") else 240
     budget = float(os.environ.get("MODEL_SHRINK_S") or default_budget)
+    budget = min(budget, max(60.0, until - time.monotonic()))
     return report(seed, outcome, _shrunk(outcome, run, budget))
 
 
@@ -108,7 +121,8 @@ def test_model_checker_soak(
     for seed in range(first, first + count):
         if time.monotonic() >= end:
             break
-        failure = _check_seed(seed, _int("MODEL_STEPS", 40), endpoints, tmp_path, create_topic)
+        steps = _int("MODEL_STEPS", 40)
+        failure = _check_seed(seed, steps, endpoints, tmp_path, create_topic, until=end)
         if failure:
             failures.append(failure)
             print(failure, flush=True)

@@ -384,6 +384,7 @@ class World:
                     daemon.popen.wait(10)
         if self._producer is not None:
             self._producer.flush(5)
+            self._producer = None  # librdkafka closes its connections when collected
 
     def index_hits(self) -> dict[str, tuple[int, dict[str, Any]]]:
         base = f"{self.endpoints.search_url}/{self.name}"
