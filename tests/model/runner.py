@@ -141,6 +141,31 @@ def shrink(outcome: Outcome, kind: str, run: Run, deadline: float) -> list[Op]:
     return best
 
 
+#: Findings a crash loop causes by itself: while the daemon dies on one record, its
+#: partition's offsets stand still, later records there are neither indexed nor
+#: dead-lettered, and a reindex or backfill filling through the same pipeline dies too.
+CRASH_CONSEQUENCES = (
+    "offsets",
+    "dead-letter-missing:",
+    "reindex-failed",
+    "backfill-failed",
+    "stuck",
+    "lost-behind-refused",
+    "missing",
+    "stale",
+    "stop-unclean",
+)
+
+
+def primary_kinds(kinds: set[str]) -> list[str]:
+    """The finding kinds worth a shrinker's time: with a crash loop, the crash loop itself
+    and what it cannot explain; ordered so the crash loop comes first."""
+    if "crash-loop" not in kinds and "daemon-exit" not in kinds:
+        return sorted(kinds)
+    rest = sorted(k for k in kinds if not k.startswith(CRASH_CONSEQUENCES))
+    return sorted(rest, key=lambda k: k not in ("crash-loop", "daemon-exit"))
+
+
 def report(seed: int, outcome: Outcome, shrunk: dict[str, list[Op]]) -> str:
     """What a failure prints: every finding, then per finding kind the shortest reproducer."""
     lines = [
@@ -151,6 +176,11 @@ def report(seed: int, outcome: Outcome, shrunk: dict[str, list[Op]]) -> str:
     ]
     lines += [f"  {f}" for f in outcome.findings]
     lines.append("")
+    skipped = sorted(outcome.kinds - set(shrunk))
+    if skipped:
+        lines.append(
+            f"not shrunk, a crash loop explains them until it is fixed: {', '.join(skipped)}"
+        )
     for kind, ops in shrunk.items():
         lines.append(f"shortest sequence found for [{kind}] ({len(ops)} operations):")
         lines.append(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.model.ops import COVERAGE, Generator, Op, parse
-from tests.model.runner import Outcome, Run, executor, report, shrink
+from tests.model.runner import Outcome, Run, executor, primary_kinds, report, shrink
 from tests.model.world import Endpoints
 
 SOAK = os.environ.get("MODEL_SOAK") == "1"
@@ -58,8 +58,8 @@ def _ops(seed: int, steps: int) -> list[Op]:
 
 
 def _shrunk(outcome: Outcome, run: Run, budget_s: float) -> dict[str, list[Op]]:
-    """Each finding kind shrunk in turn, the budget shared out evenly among them."""
-    kinds = sorted(outcome.kinds)
+    """Each primary finding kind shrunk in turn, the budget shared out evenly among them."""
+    kinds = primary_kinds(outcome.kinds)
     out: dict[str, list[Op]] = {}
     end = time.monotonic() + budget_s
     for i, kind in enumerate(kinds):
