@@ -178,13 +178,29 @@ def check_processes(world: World) -> list[Finding]:
     findings = []
     got = world.ledger_offsets()
     want = {p: e for p, e in world.ends.items() if e > 0}
+    # The record at a partition's committed offset is the first one never committed: the
+    # one a crash loop dies on, if there is one.
+    stuck = {
+        p: world.produced_at.get((p, got.get(p, 0)))
+        for p, end in want.items()
+        if got.get(p, 0) < end
+    }
+    culprits = ", ".join(f"p{p} at {op}" for p, op in sorted(stuck.items()))
+    keys = frozenset(op.key for op in stuck.values() if op is not None)
     if got != want:
-        findings.append(Finding("offsets", f"ledger offsets {got} != end offsets {want}"))
+        findings.append(
+            Finding("offsets", f"ledger offsets {got} != end offsets {want}; {culprits}", keys)
+        )
     if world.exits:
         kind = "crash-loop" if len(world.exits) >= 2 else "daemon-exit"
-        shown = "\n  ".join(world.exits[:4])
+        shown = "\n  ".join(world.exits[:2])
         findings.append(
-            Finding(kind, f"{len(world.exits)} daemon exit(s) nobody asked for:\n  {shown}")
+            Finding(
+                kind,
+                f"{len(world.exits)} daemon exit(s) nobody asked for; stuck: {culprits or '-'}"
+                f"\n  {shown}",
+                keys,
+            )
         )
     return findings
 

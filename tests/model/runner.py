@@ -120,9 +120,14 @@ def shrink(outcome: Outcome, kind: str, run: Run, deadline: float) -> list[Op]:
         if finding.kind == kind:
             keys |= finding.keys
     if keys:
+        # Cheapest first: the named ids' records and one daemon; then the same records
+        # with every process operation kept.
+        records = [op for op in best if op.keys() & keys and op.kind != "files"]
         focused = [op for op in best if not op.keys() or op.keys() & keys]
-        if len(focused) < len(best) and fails(focused):
-            best = focused
+        for candidate in ([Op("start"), *records, Op("settle")], focused):
+            if len(candidate) < len(best) and fails(candidate):
+                best = candidate
+                break
     chunks = 2
     while len(best) > 1 and time.monotonic() < deadline:
         size = max(1, len(best) // chunks)

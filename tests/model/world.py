@@ -191,8 +191,7 @@ class World:
             if daemon.alive() or daemon.pid in self.retired:
                 continue
             self.retired.add(daemon.pid)
-            last = [ln for ln in daemon.output().splitlines() if ln.strip()][-3:]
-            self.exits.append(f"exit {daemon.returncode}: {' | '.join(last)[-600:]}")
+            self.exits.append(f"exit {daemon.returncode}: {_last_words(daemon)}")
             if self.restarts < MAX_RESTARTS:
                 self.restarts += 1
                 self.start_daemon()
@@ -215,8 +214,11 @@ class World:
             # -SIGTERM: stopped before it installed its handler, i.e. before it held anything.
             if code not in (0, -signal.SIGTERM):
                 self.findings.append(
-                    Finding("stop-unclean", f"SIGTERM gave exit {code}\n{daemon.tail(8)}")
+                    Finding("stop-unclean", f"SIGTERM gave exit {code}: {_last_words(daemon)}")
                 )
+
+    def _failed(self, kind: str, what: str, proc: Proc) -> None:
+        self.findings.append(Finding(kind, f"{what}: {_last_words(proc)}"))
 
     def _cli(self, tool: tuple[str, ...], *command: str) -> tuple[str, ...]:
         """``python -m <tool> <command...> --config <current file> --stream orders``."""
@@ -307,7 +309,9 @@ class World:
         args += ("--retries", "0", "--progress", "none", "--lock-wait", "60")
         code, proc = self._run(args, "backfill-kafka", 240)
         if code != 0:
-            self.findings.append(Finding("backfill-failed", f"{op}: exit {code}\n{proc.tail(12)}"))
+            self.findings.append(
+                Finding("backfill-failed", f"{op}: exit {code}: {_last_words(proc)}")
+            )
 
     def files(self, op: Op) -> None:
         entries = op.archive()
@@ -324,7 +328,9 @@ class World:
         args += ("--path", str(path), "--force", "--retries", "0", "--progress", "none")
         code, proc = self._run(args, "backfill-files", 240)
         if code != 0:
-            self.findings.append(Finding("backfill-failed", f"{op}: exit {code}\n{proc.tail(12)}"))
+            self.findings.append(
+                Finding("backfill-failed", f"{op}: exit {code}: {_last_words(proc)}")
+            )
 
     def _put_op(self, key: str, n: int) -> Op:
         """The write op an archive entry re-sends (v1 if the model produced it as v1)."""
@@ -352,14 +358,16 @@ class World:
         args = self._cli(INGEST, "dlq", "replay")
         code, proc = self._run((*args, "--json"), "replay", 180)
         if code not in (0, 1):
-            self.findings.append(Finding("replay-failed", f"exit {code}\n{proc.tail(12)}"))
+            self._failed("replay-failed", f"exit {code}", proc)
 
     def reindex(self, op: Op) -> None:
         args = self._cli(BACKFILL, "reindex")
         args += ("--source", op.arg or "kafka", "--keep", "1", "--ack-timeout-s", "30")
         code, proc = self._run(args, f"reindex-{op.arg}", 300)
         if code != 0:
-            self.findings.append(Finding("reindex-failed", f"{op}: exit {code}\n{proc.tail(12)}"))
+            self.findings.append(
+                Finding("reindex-failed", f"{op}: exit {code}: {_last_words(proc)}")
+            )
 
     # ------------------------------------------------------------------ the end
 
@@ -374,7 +382,9 @@ class World:
             code = terminate_and_wait(daemon, 60)
             if code != 0:
                 self.findings.append(
-                    Finding("stop-unclean", f"final SIGTERM gave exit {code}\n{daemon.tail(8)}")
+                    Finding(
+                        "stop-unclean", f"final SIGTERM gave exit {code}: {_last_words(daemon)}"
+                    )
                 )
 
     def close(self) -> None:
@@ -423,6 +433,12 @@ class World:
         except psycopg.errors.UndefinedTable:
             return []
         return [(int(p), int(o), str(s), str(r)) for p, o, s, r in rows]
+
+
+def _last_words(proc: Proc) -> str:
+    """The process's last non-empty output line, shortened: why it exited."""
+    lines = [ln for ln in proc.output().splitlines() if ln.strip()]
+    return lines[-1][-300:] if lines else "(no output)"
 
 
 def _defaults() -> dict[str, Any]:
