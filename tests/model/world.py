@@ -380,7 +380,7 @@ class World:
         for daemon in self.alive():
             self._retire(daemon)
             code = terminate_and_wait(daemon, 60)
-            if code != 0:
+            if code not in (0, -signal.SIGTERM):  # see stop()
                 self.findings.append(
                     Finding(
                         "stop-unclean", f"final SIGTERM gave exit {code}: {_last_words(daemon)}"
