@@ -178,8 +178,9 @@ def check_processes(world: World) -> list[Finding]:
     findings = []
     got = world.ledger_offsets()
     want = {p: e for p, e in world.ends.items() if e > 0}
-    # The record at a partition's committed offset is the first one never committed: the
-    # one a crash loop dies on, if there is one.
+    # The record at a partition's committed offset is its first uncommitted one. One flush
+    # commits every partition of a batch, so the record a crash loop dies on is among them,
+    # not necessarily each of them.
     stuck = {
         p: world.produced_at.get((p, got.get(p, 0)))
         for p, end in want.items()
@@ -189,7 +190,11 @@ def check_processes(world: World) -> list[Finding]:
     keys = frozenset(op.key for op in stuck.values() if op is not None)
     if got != want:
         findings.append(
-            Finding("offsets", f"ledger offsets {got} != end offsets {want}; {culprits}", keys)
+            Finding(
+                "offsets",
+                f"ledger offsets {got} != end offsets {want}; first uncommitted: {culprits}",
+                keys,
+            )
         )
     if world.exits:
         kind = "crash-loop" if len(world.exits) >= 2 else "daemon-exit"
@@ -197,7 +202,8 @@ def check_processes(world: World) -> list[Finding]:
         findings.append(
             Finding(
                 kind,
-                f"{len(world.exits)} daemon exit(s) nobody asked for; stuck: {culprits or '-'}"
+                f"{len(world.exits)} daemon exit(s) nobody asked for; first uncommitted:"
+                f" {culprits or '-'}"
                 f"\n  {shown}",
                 keys,
             )
