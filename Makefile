@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 STATE  := .ingest-dev
 COUNT  ?= 20000
 
-.PHONY: install run demo test test-fast sanitize lint typecheck bench clean dev-up dev-down
+.PHONY: install run demo test test-fast sanitize lint typecheck bench soak clean dev-up dev-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## soak: the model checker over many seeds and longer operation lists (tests/model).
+## Knobs: MODEL_SEED (first seed), MODEL_SEEDS (how many), MODEL_STEPS (steps per seed),
+## MODEL_DURATION_S (stop starting seeds after this), MODEL_SHRINK_S (shrinking per failure).
+soak: $(STAMP)
+	MODEL_SOAK=1 MODEL_SEED=$${MODEL_SEED:-100} MODEL_SEEDS=$${MODEL_SEEDS:-20} \
+	MODEL_STEPS=$${MODEL_STEPS:-40} MODEL_DURATION_S=$${MODEL_DURATION_S:-3600} \
+	MODEL_SHRINK_S=$${MODEL_SHRINK_S:-600} \
+	$(BIN)/pytest -q -p no:cacheprovider -s tests/model -k soak
 
 dev-up: $(STAMP)
 	$(BIN)/ingest dev up --state-dir $(STATE)
