@@ -50,7 +50,7 @@ soak: $(STAMP)
 	MODEL_SOAK=1 MODEL_SEED=$${MODEL_SEED:-100} MODEL_SEEDS=$${MODEL_SEEDS:-20} \
 	MODEL_STEPS=$${MODEL_STEPS:-40} MODEL_DURATION_S=$${MODEL_DURATION_S:-3600} \
 	MODEL_SHRINK_S=$${MODEL_SHRINK_S:-600} \
-	$(BIN)/pytest -q -p no:cacheprovider -s tests/model -k soak
+	$(BIN)/pytest -q -p no:cacheprovider -s tests/model -k test_model_checker
 
 dev-up: $(STAMP)
 	$(BIN)/ingest dev up --state-dir $(STATE)

@@ -95,26 +95,23 @@ def test_generated_ci_profile_covers_every_operation_kind() -> None:
     assert set(COVERAGE) <= gen.covered
 
 
-@pytest.mark.skipif(SOAK, reason="MODEL_SOAK=1 runs the soak loop instead")
-@pytest.mark.timeout(CI_TIMEOUT_S)
-def test_model_checker_ci_profile(
+@pytest.mark.timeout(SOAK_TIMEOUT_S if SOAK else CI_TIMEOUT_S)
+def test_model_checker(
     endpoints: Endpoints, tmp_path: Path, create_topic: Callable[..., str]
 ) -> None:
-    """One seeded list of every operation kind on the real processes ends exactly as the
-    model says: documents, dead letters and stages, ledger offsets, no crash loop."""
-    failure = _check_seed(
-        _int("MODEL_SEED", 1), _int("MODEL_STEPS", 8), endpoints, tmp_path, create_topic
-    )
-    if failure:
-        pytest.fail(failure, pytrace=False)
+    """Seeded lists of every operation kind on the real processes end exactly as the model
+    says: documents, dead letters and stages, ledger offsets, no crash loop.
 
-
-@pytest.mark.skipif(not SOAK, reason="the soak loop runs with MODEL_SOAK=1 (make soak)")
-@pytest.mark.timeout(SOAK_TIMEOUT_S)
-def test_model_checker_soak(
-    endpoints: Endpoints, tmp_path: Path, create_topic: Callable[..., str]
-) -> None:
-    """Many seeds, longer lists: every failing seed reported with its shortest sequence."""
+    The normal suite runs the CI profile (one seed); ``make soak`` (``MODEL_SOAK=1``) runs
+    many seeds with longer lists and reports every failing one, shrunk.
+    """
+    if not SOAK:
+        failure = _check_seed(
+            _int("MODEL_SEED", 1), _int("MODEL_STEPS", 8), endpoints, tmp_path, create_topic
+        )
+        if failure:
+            pytest.fail(failure, pytrace=False)
+        return
     first, count = _int("MODEL_SEED", 1), _int("MODEL_SEEDS", 20)
     end = time.monotonic() + _int("MODEL_DURATION_S", 3600)
     failures = []

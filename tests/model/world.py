@@ -48,8 +48,12 @@ from tests.support.procs import Proc, kill_9, stack_env, start_process, terminat
 INGEST = (sys.executable, "-m", "ingest")
 BACKFILL = (sys.executable, "-m", "backfill")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: ``index.gc_deletes`` of the model's indices: short, so "let gc_deletes pass" costs seconds.
-GC_DELETES_S = 1.0
+#: ``runtime.max_retry_s`` of the model's processes.
+MAX_RETRY_S = 5.0
+#: ``index.gc_deletes`` of the model's indices: short, so "let gc_deletes pass" costs seconds,
+#: and no shorter than the product allows (2 x max_retry_s: a write retried after its delete
+#: check must still meet the server's own tombstone).
+GC_DELETES_S = 2 * MAX_RETRY_S
 #: Restarts of daemons that exited on their own before the runner stops restarting them.
 MAX_RESTARTS = 4
 
@@ -137,7 +141,7 @@ class World:
             "search": {"url": self.endpoints.search_url, "request_timeout_s": 10.0},
             "ledger": {"dsn": self.endpoints.ledger_dsn, "schema": self.name},
             "runtime": {
-                "max_retry_s": 30.0,
+                "max_retry_s": MAX_RETRY_S,
                 "shutdown_timeout_s": 15.0,
                 "heartbeat_s": 1.0,
                 "index_poll_s": 1.0,
