@@ -9,6 +9,8 @@ Every failure the ingester can see is classified by *class*, never by message te
     │   ├── FramingError         not Confluent wire format (magic byte, header length)
     │   ├── UnknownSchemaError   schema id neither in the catalog nor the registry
     │   ├── DecodeError          Avro binary does not decode against the writer schema
+    │   │   └── UnusableSchemaError  the writer schema is there but cannot be used (not Avro,
+    │   │                            not parsable, nested too deeply): all its records
     │   ├── RecordValidationError decoded, but breaks a rule (trailing bytes, missing id, ...)
     │   ├── TransformError       the transform (built-in or user hook) raised
     │   ├── OversizeError        the raw record is over the stream's size limit
@@ -65,6 +67,12 @@ class UnknownSchemaError(RecordError):
 
 class DecodeError(RecordError):
     stage = "decode"
+
+
+class UnusableSchemaError(DecodeError):
+    """The writer schema was found (in the registry) but cannot be used to read records:
+    not an Avro record schema, not parsable, or nested deeper than the parser can follow.
+    A registered schema id never changes, so the codec remembers the verdict."""
 
 
 class RecordValidationError(RecordError):

@@ -120,6 +120,9 @@ class SearchSettings(_Frozen):
     #: ``gzip`` compresses bulk bodies (``Content-Encoding: gzip``): worth it on slow links.
     compression: Literal["none", "gzip"] = "none"
     request_timeout_s: float = Field(default=30.0, gt=0)
+    #: Bulk requests are split at this size; a single document over it is dead-lettered.
+    #: Keep it under the server's ``http.max_content_length`` (100 MB by default).
+    max_bulk_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
 
     @field_validator("hosts", mode="before")
     @classmethod

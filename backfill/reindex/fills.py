@@ -73,7 +73,12 @@ class StreamFiller:
         from ingest.search.bulk import BulkSink, SinkResult
 
         client = self._components.search
-        sink = BulkSink(client, max_retry_s=self._components.settings.runtime.max_retry_s)
+        settings = self._components.settings
+        sink = BulkSink(
+            client,
+            max_retry_s=settings.runtime.max_retry_s,
+            max_request_bytes=settings.search.max_bulk_bytes,
+        )
         client.refresh(job.source_index)
         total = FillResult()
         page: list[IndexAction] = []

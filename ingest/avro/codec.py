@@ -9,6 +9,8 @@ never a bare exception, whatever the bytes:
 
 - :class:`FramingError`: shorter than the 5-byte header, or a magic byte other than 0;
 - :class:`UnknownSchemaError`: the id is neither in the catalog nor in the registry;
+- :class:`UnusableSchemaError` (a DecodeError): the registry's schema for the id cannot be
+  used (not Avro, not parsable, nested too deeply); remembered for good, per id;
 - :class:`DecodeError`: the Avro binary does not decode (with the byte offset);
 - :class:`RecordValidationError`: bytes left over after the record, or a writer schema the
   reader cannot resolve.
@@ -39,11 +41,15 @@ from ingest.avro.registry import HttpSchemaRegistry, SchemaSource
 from ingest.errors import (
     ConfigError,
     DecodeError,
+    FatalError,
     FramingError,
     RecordError,
     RecordValidationError,
+    TransientError,
     UnknownSchemaError,
+    UnusableSchemaError,
 )
+from ingest.retry import retrying
 from ingest.settings import Settings, StreamSettings
 
 MAGIC = 0
@@ -198,6 +204,7 @@ class AvroCodec:
         registry_password: str | None = None,
         registry_timeout_s: float = 10.0,
         registry: SchemaSource | None = None,
+        registry_retry_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         decimals_as_float: bool = False,
     ) -> None:
@@ -215,6 +222,9 @@ class AvroCodec:
             except ValueError as exc:
                 raise ConfigError(f"config error: schema_registry.url: {exc}") from None
         self._registry = registry
+        #: A registry that is down, slow or answering 5xx is asked again for this long
+        #: (``runtime.max_retry_s``) before the caller gets RetriesExhausted; None: at once.
+        self._registry_retry_s = registry_retry_s
         self._clock = clock
         #: The pipeline decodes decimals straight to floats for its JSON documents.
         self._decimals_as_float = decimals_as_float
@@ -251,6 +261,7 @@ class AvroCodec:
             registry_url=reg.url,
             registry_username=reg.username,
             registry_password=reg.password.get_secret_value() if reg.password else None,
+            registry_retry_s=settings.runtime.max_retry_s,
         )
 
     # -- decoding -----------------------------------------------------------------------
@@ -300,6 +311,8 @@ class AvroCodec:
         """Classify a failure of a plan: the record's fault, with what is known."""
         schema_id: int = _SCHEMA_ID.unpack_from(value, 1)[0]
         writer = self._writers.get(schema_id, f"writer schema {schema_id}")
+        if isinstance(exc, RecordError):  # an unusable writer schema's plan
+            return exc
         if isinstance(exc, ReadFailure):
             return DecodeError(
                 f"Avro binary does not decode with {writer}: {exc}",
@@ -329,19 +342,41 @@ class AvroCodec:
         return out
 
     def _plan(self, schema_id: int) -> _Plan:
-        """Build (and cache) the reader for a writer id seen for the first time."""
-        writer = self.catalog.get(schema_id)
-        if writer is None:
-            writer = self._from_registry(schema_id)
-        if writer.fingerprint == self.reader.fingerprint:
-            plan = self._reader_plan  # same binary layout: the compiled reader
+        """Build (and cache) the reader for a writer id seen for the first time.
+
+        A writer schema that cannot be used gets a plan that refuses every record with
+        :class:`UnusableSchemaError` naming the id, cached like any plan, so neither the
+        registry nor the parser sees that id again.
+        """
+        try:
+            writer = self.catalog.get(schema_id)
+            if writer is None:
+                writer = self._from_registry(schema_id)
+            if writer.fingerprint == self.reader.fingerprint:
+                plan = self._reader_plan  # same binary layout: the compiled reader
+            else:
+                plan = _evolution_plan(
+                    writer.schema, self.reader.schema, decimals_as_float=self._decimals_as_float
+                ) or _resolving_plan(writer.schema, self.reader.schema)
+        except UnusableSchemaError as exc:
+            plan = self._unusable_plan(schema_id, exc.reason)
+        except (UnknownSchemaError, TransientError, FatalError):
+            raise
+        except (RecursionError, MemoryError) as exc:  # a writer schema nested too deeply
+            plan = self._unusable_plan(schema_id, f"{type(exc).__name__} while compiling it")
         else:
-            plan = _evolution_plan(
-                writer.schema, self.reader.schema, decimals_as_float=self._decimals_as_float
-            ) or _resolving_plan(writer.schema, self.reader.schema)
-        self._writers[schema_id] = self._describe(writer)
+            self._writers[schema_id] = self._describe(writer)
         self._plans[schema_id] = plan
         return plan
+
+    def _unusable_plan(self, schema_id: int, why: str) -> _Plan:
+        reason = f"writer schema {schema_id} cannot be used: {why}"
+        self._writers[schema_id] = f"writer schema {schema_id} (unusable)"
+
+        def refuse(value: bytes, pos: int) -> tuple[dict[str, Any], int]:
+            raise UnusableSchemaError(reason, detail={"schema_id": schema_id})
+
+        return refuse
 
     def _from_registry(self, schema_id: int) -> SchemaVersion:
         now = self._clock()
@@ -352,7 +387,13 @@ class AvroCodec:
                 detail={"schema_id": schema_id},
             )
         try:
-            raw = self._registry.fetch(schema_id)
+            if self._registry_retry_s is None:
+                raw = self._registry.fetch(schema_id)
+            else:
+                policy = retrying(max_total_s=self._registry_retry_s, what="schema registry")
+                raw = policy(self._registry.fetch, schema_id)
+        except UnusableSchemaError:
+            raise
         except UnknownSchemaError:
             if len(self._unknown_until) >= _MAX_UNKNOWN_IDS:
                 self._unknown_until.clear()
@@ -361,8 +402,12 @@ class AvroCodec:
         try:
             parsed, fingerprint = parse_avro(raw, source=f"registry schema id {schema_id}")
         except ConfigError as exc:
-            raise UnknownSchemaError(
+            raise UnusableSchemaError(
                 f"registry schema does not parse: {exc}", detail={"schema_id": schema_id}
+            ) from None
+        except RecursionError:
+            raise UnusableSchemaError(
+                "registry schema is nested too deeply to parse", detail={"schema_id": schema_id}
             ) from None
         return SchemaVersion("(registry)", 0, schema_id, parsed, raw, fingerprint)
 

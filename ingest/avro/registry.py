@@ -3,8 +3,10 @@
 Only the one call the decoder needs: ``GET /schemas/ids/{id}``. confluent-kafka's own
 ``SchemaRegistryClient`` would need four more packages (authlib, attrs, cachetools, httpx2)
 for this single request, so this uses the standard library. Answers are classified for the
-retry rules: the id not being there is the *record's* problem (UnknownSchemaError), a
-registry that is down or slow is transient, and refused credentials stop the process.
+retry rules: the id not being there is the *record's* problem (UnknownSchemaError), so is a
+schema that is there but cannot be used (UnusableSchemaError: not Avro, not JSON, nested
+too deeply), a registry that is down or slow is transient, and refused credentials stop the
+process.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Protocol
 
-from ingest.errors import FatalError, TransientError, UnknownSchemaError
+from ingest.errors import FatalError, TransientError, UnknownSchemaError, UnusableSchemaError
 
 _NOT_FOUND = 404
 _AUTH_FAILED = (401, 403)
@@ -27,8 +29,8 @@ class SchemaSource(Protocol):
     def fetch(self, schema_id: int) -> dict[str, Any]:
         """The schema JSON for ``schema_id``; blocks for at most the source's timeout.
 
-        Raises UnknownSchemaError if the id is not registered (or not an Avro schema),
-        TransientError if the registry cannot answer now.
+        Raises UnknownSchemaError if the id is not registered, UnusableSchemaError if its
+        schema cannot be used, TransientError if the registry cannot answer now.
         """
         ...
 
@@ -72,6 +74,10 @@ class HttpSchemaRegistry:
             raise TransientError(f"schema registry {self.url} answered HTTP {exc.code}") from exc
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets, bad JSON
             raise TransientError(f"schema registry {self.url} unreachable: {exc}") from exc
+        except RecursionError:  # an answer nested deeper than the parser follows
+            raise UnusableSchemaError(
+                "registry answer is nested too deeply to parse", detail={"schema_id": schema_id}
+            ) from None
         return _schema_from(body, schema_id)
 
 
@@ -79,19 +85,23 @@ def _schema_from(body: Any, schema_id: int) -> dict[str, Any]:
     kind = body.get("schemaType", "AVRO") if isinstance(body, dict) else None
     text = body.get("schema") if isinstance(body, dict) else None
     if kind != "AVRO" or not isinstance(text, str):
-        raise UnknownSchemaError(
+        raise UnusableSchemaError(
             "registry schema is not an Avro schema", detail={"schema_id": schema_id, "type": kind}
         )
     try:
         schema = json.loads(text)
     except ValueError as exc:
-        raise UnknownSchemaError(
+        raise UnusableSchemaError(
             "registry schema is not valid JSON", detail={"schema_id": schema_id}
         ) from exc
+    except RecursionError:
+        raise UnusableSchemaError(
+            "registry schema is nested too deeply to parse", detail={"schema_id": schema_id}
+        ) from None
     if isinstance(schema, str):  # a bare primitive such as "string"
         schema = {"type": schema}
     if not isinstance(schema, dict):
-        raise UnknownSchemaError(
+        raise UnusableSchemaError(
             "registry schema is not a record schema", detail={"schema_id": schema_id}
         )
     return schema

@@ -14,7 +14,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from ingest.errors import ConfigError, TransientError
+from ingest.errors import ConfigError, OffsetResetError, TransientError
 from ingest.kafka.config import log_client_error
 from ingest.kafka.messages import check_message_error, message_offset, to_record
 from ingest.settings import Settings
@@ -48,7 +48,9 @@ class KafkaRangeReader:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
+                # A planned range whose start retention (or DeleteRecords) removed must
+                # fail, not silently read from the new log start: see ``read``.
+                "auto.offset.reset": "error",
                 "error_cb": log_client_error,
             }
         )
@@ -140,13 +142,21 @@ class KafkaRangeReader:
         """Yield lists of records of ``rng`` in offset order until its end offset.
 
         Raises TransientError when the broker gives nothing for ``idle_timeout_s`` before the
-        end is reached, so a task never hangs forever.
+        end is reached, so a task never hangs forever, and OffsetResetError naming the
+        missing offsets when the log no longer holds the range's start (retention or a
+        deletion removed records since the range was planned): reading on from the new log
+        start would skip them and the chunk would look done.
         """
         if rng.size == 0:
             return
         idle_limit = self._timeout_s if idle_timeout_s is None else idle_timeout_s
         consumer = self._consumer()
         try:
+            low, _high = consumer.get_watermark_offsets(
+                TopicPartition(rng.topic, rng.partition), timeout=self._timeout_s, cached=False
+            )
+            if low > rng.start:
+                raise _gone(rng, rng.start, low, "the log now starts at offset " + str(low))
             consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
             position = rng.start
             last_progress = time.monotonic()
@@ -163,7 +173,10 @@ class KafkaRangeReader:
                             if message_offset(msg) >= rng.end:
                                 position = rng.end
                             continue
-                        check_message_error(msg)
+                        try:
+                            check_message_error(msg)
+                        except OffsetResetError as exc:
+                            raise _gone(rng, position, None, str(exc)) from exc
                         continue
                     if message_offset(msg) >= rng.end:
                         position = rng.end
@@ -182,3 +195,13 @@ class KafkaRangeReader:
             raise TransientError(f"reading {rng.topic}[{rng.partition}] failed: {exc}") from exc
         finally:
             consumer.close()
+
+
+def _gone(rng: OffsetRange, first: int, low: int | None, why: str) -> OffsetResetError:
+    """The error for records of ``rng`` from ``first`` on that the log no longer holds."""
+    last = min(rng.end, low) - 1 if low is not None else None
+    missing = f"{first}..{last}" if last is not None else f"{first} on"
+    return OffsetResetError(
+        f"{rng.topic}[{rng.partition}] offsets {missing} of the planned range "
+        f"{rng.start}..{rng.end - 1} are gone from the log ({why}); refusing to skip them"
+    )

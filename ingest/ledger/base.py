@@ -11,6 +11,9 @@ releases all of them in one place. It also owns the boundary rules the record-ki
   :class:`~ingest.errors.TransientError` (retry), any other database error
   :class:`~ingest.errors.FatalError`, and an unreachable server at start
   :class:`~ingest.errors.ConfigError` naming the host but never the password;
+- every text value is stored without NUL (:mod:`ingest.ledger.text`, through the
+  connections' adapters), so outside text such as a server's error reason cannot make a
+  flush fail;
 - every query with optional filters builds its WHERE clause with :meth:`LedgerBase._filters`,
   so "no filter" and "filter on None" mean the same thing everywhere.
 """
@@ -33,6 +36,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ingest.errors import ConfigError, FatalError, IngestError, TransientError
+from ingest.ledger.text import ledger_adapters
 from ingest.settings import LedgerSettings, dsn_secret, redact_dsn
 
 log = structlog.get_logger(__name__)
@@ -85,6 +89,8 @@ class LedgerBase:
             "keepalives_idle": 30,
             "keepalives_interval": 10,
             "keepalives_count": 3,
+            # Every text parameter goes through the ledger's text rules (no NUL).
+            "context": ledger_adapters(),
         }
         #: task id -> the dedicated connection holding that chunk's advisory lock.
         self._chunk_conns: dict[str, Conn] = {}

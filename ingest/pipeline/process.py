@@ -5,7 +5,9 @@ transform), appending to a :class:`~ingest.pipeline.batch.Batch`. ``BatchWriter`
 the one order that makes every write idempotent::
 
     0. delete check    drop index writes a recorded delete supersedes (one ledger read)
-    1. sink write      bulk-index the actions (409 = already applied; 400 = dead letter)
+    1. sink write      bulk-index the newest version per _id (409 = already applied;
+                       400 = dead letter, and the next-newest version is sent instead:
+                       :mod:`ingest.pipeline.write`)
     2. ledger commit   ONE PostgreSQL transaction: next offsets (fenced by generation)
                        + dead letters + delete markers + run counters
     3. Kafka commit    by the caller, for lag tooling only; the ledger is the truth
@@ -24,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ingest.errors import OversizeError, RecordError, TombstoneError
-from ingest.pipeline.batch import Batch, newest_per_document
+from ingest.pipeline.batch import Batch
 from ingest.pipeline.deletes import applied_deletes, drop_superseded
 from ingest.pipeline.routing import routing_from_body
 from ingest.pipeline.transform import Transformer
+from ingest.pipeline.write import write_newest_accepted
 from ingest.settings import StreamSettings
 from ingest.types import DeadLetter, DeleteMarker, FastPath, IndexAction, RawRecord
 
@@ -229,10 +232,9 @@ class BatchWriter:
         live, outcome.superseded = drop_superseded(
             self._ledger, self.stream.alias, batch.actions, call=self._retry
         )
-        actions = newest_per_document(live)
-        outcome.conflicts = len(batch.actions) - len(actions)
-        if actions:
-            result = self._sink.write(actions, targets)
+        outcome.conflicts = len(batch.actions) - len(live)
+        if live:
+            result = write_newest_accepted(self._sink, live, targets)
             outcome.indexed = result.indexed
             outcome.deleted = result.deleted
             outcome.conflicts += result.conflicts
@@ -241,7 +243,9 @@ class BatchWriter:
                 DeadLetter(action.record, "index", f"index: {reason}", self.stream.name)
                 for action, reason in result.rejected
             ]
-            deletes = applied_deletes(self.stream.name, self.stream.alias, actions, result.rejected)
+            deletes = applied_deletes(
+                self.stream.name, self.stream.alias, result.sent, result.rejected
+            )
         outcome.dead_letters.update(d.stage for d in dead)
         if dead and self._publish is not None:
             self._publish(dead)

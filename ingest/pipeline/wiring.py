@@ -105,6 +105,7 @@ def build_pipeline(
     sink = BulkSink(
         components.search,
         max_retry_s=settings.runtime.max_retry_s,
+        max_request_bytes=settings.search.max_bulk_bytes,
         on_retry=on_retry,
         pipeline=stream.pipeline,
     )

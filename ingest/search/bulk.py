@@ -20,6 +20,12 @@ other 4xx (``mapper_parsing_exception``,     rejected, returned with the server'
                                              no fault of the record
 ===========================================  ===============================================
 
+A request the server refuses as too large (HTTP 413) is split in halves and each half sent
+again; a single action whose request alone is refused — or whose lines alone are over
+``max_request_bytes`` (``search.max_bulk_bytes``), checked before sending — is rejected with
+a reason naming the sizes, so one oversized document is dead-lettered instead of stalling
+the stream at every restart.
+
 A whole request that fails transiently (connection error, timeout, 429, 5xx) is resent with the
 items still pending. All retries share one budget (:mod:`ingest.retry`); when it is spent
 :class:`~ingest.errors.RetriesExhausted` is raised and the caller must treat nothing of the
@@ -54,6 +60,8 @@ log = structlog.get_logger(__name__)
 
 #: Elasticsearch's guidance is 5-15 MB per bulk request.
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+#: HTTP status of a request body over the server's (or a gateway's) size limit.
+TOO_LARGE = 413
 #: Longer ids fail the whole bulk request's validation, so they are rejected up front.
 MAX_ID_BYTES = 512
 MAX_VERSION = 2**63 - 1
@@ -242,13 +250,22 @@ class BulkSink:
             raise ValueError("write needs at least one target index or alias")
         started = time.monotonic()
         state = _Write(actions)
+        limit = self._max_request_bytes
         for no, action in enumerate(actions):
             problem = check_action(action)
             if problem is not None:
                 state.reject(no, problem)
                 continue
             for target in targets:
-                state.items.append(_Item(no, target, action_lines(action, target, self._pipeline)))
+                lines = action_lines(action, target, self._pipeline)
+                if len(lines) > limit:
+                    state.reject(
+                        no,
+                        f"bulk action of {len(lines)} bytes is over the bulk request limit of"
+                        f" {limit} bytes (search.max_bulk_bytes) [index {target}]",
+                    )
+                    break
+                state.items.append(_Item(no, target, lines))
         state.pending = list(range(len(state.items)))
 
         def on_retry(event: RetryEvent) -> None:
@@ -292,19 +309,46 @@ class BulkSink:
         still: list[int] = []
         retry_reason = ""
         chunks = self._chunks(state)
-        for n, chunk in enumerate(chunks):
+        while chunks:
+            chunk = chunks.pop(0)
             body = b"".join(state.items[k].lines for k in chunk)
             try:
                 response = self._client.bulk(body)
             except TransientError:
-                state.pending = still + [k for c in chunks[n:] for k in c]
+                state.pending = still + chunk + [k for c in chunks for k in c]
                 raise
+            except SearchRequestError as exc:
+                if exc.status != TOO_LARGE:
+                    raise
+                chunks[:0] = self._split_too_large(state, chunk, len(body))
+                continue
             for k, reason in self._absorb(state, chunk, response):
                 still.append(k)
                 retry_reason = reason
         state.pending = still
         if still:
             raise TransientError(f"{len(still)} bulk items to retry, last: {retry_reason}")
+
+    def _split_too_large(self, state: _Write, chunk: list[int], size: int) -> list[list[int]]:
+        """The halves of a request refused with 413, to send instead; a single item refused
+        alone is rejected (its action is dead-lettered) and nothing is sent again."""
+        if len(chunk) > 1:
+            half = len(chunk) // 2
+            log.warning(
+                "bulk_request_too_large",
+                request_bytes=size,
+                items=len(chunk),
+                max_bulk_bytes=self._max_request_bytes,
+            )
+            return [chunk[:half], chunk[half:]]
+        item = state.items[chunk[0]]
+        state.reject(
+            item.action_no,
+            f"HTTP {TOO_LARGE}: the search server refused a bulk request of {size} bytes"
+            f" holding only this document ({len(item.lines)} bytes) as too large"
+            f" [index {item.target}]",
+        )
+        return []
 
     def _chunks(self, state: _Write) -> list[list[int]]:
         """Pending items grouped into requests of at most ``max_request_bytes``."""

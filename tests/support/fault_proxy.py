@@ -8,7 +8,10 @@
 - answer a ``_bulk`` request with HTTP 200, ``errors: true`` and item-level 429/503 for some
   items (``reject_items``, docs/design.md#item-results). The rejected items are *withheld* from the
   server by default, so the index really lacks them — as when Elasticsearch rejects them — and a
-  client that does not retry them loses them visibly.
+  client that does not retry them loses them visibly. The items' error reason can be set,
+  e.g. to text with a NUL character, as a server may echo a field value;
+- answer 413 to requests whose body is over a size (``limit_body``), as a server or a
+  gateway with ``http.max_content_length`` does.
 
 :class:`TcpFaultProxy` relays raw TCP (PostgreSQL; Kafka only when the broker advertises
 the proxy's address) and can refuse new connections, blackhole traffic (accept and read,
@@ -41,6 +44,7 @@ PASS = "pass"
 FAIL = "fail"
 DELAY = "delay"
 REJECT_ITEMS = "reject_items"
+TOO_LARGE = "too_large"
 
 _HOP_BY_HOP = {
     "connection",
@@ -80,10 +84,16 @@ class Fault:
     remaining: int | None = None
     until: float | None = None
     retry_after_s: float | None = None
+    #: The error reason of items rejected by ``reject_items`` (None: a generic one).
+    reason: str | None = None
+    #: ``limit_body``: bodies longer than this get 413.
+    max_body_bytes: int = 0
 
     def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         if self.body is not None and self.body not in body:
             return False
+        if self.mode == TOO_LARGE:
+            return len(body) > self.max_body_bytes
         if self.mode == REJECT_ITEMS:
             return method == "POST" and urlsplit(path).path.rstrip("/").endswith("_bulk")
         return self.path is None or bool(self.path.search(path))
@@ -181,6 +191,8 @@ class _Handler(BaseHTTPRequestHandler):
                 status = self._answer_error(fault)
             elif fault.mode == DELAY:
                 status = self._delayed(fault, body)
+            elif fault.mode == TOO_LARGE:
+                status = self._answer_error(Fault(FAIL, status=413))
             else:
                 status = self._reject_items(fault, body)
         except (BrokenPipeError, ConnectionResetError):
@@ -293,7 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
             if i in rejected:
                 if not fault.withhold:
                     next(upstream_iter, None)
-                reason = f"rejected by fault proxy (item-level {fault.status})"
+                reason = fault.reason or f"rejected by fault proxy (item-level {fault.status})"
                 merged.append(
                     {
                         item.op: {
@@ -485,19 +497,26 @@ class HttpFaultProxy:
         count: int | None = None,
         duration_s: float | None = None,
         withhold: bool = True,
+        reason: str | None = None,
     ) -> None:
         """Answer ``_bulk`` with HTTP 200, ``errors: true`` and item-level ``status``.
 
         Items 0, ``every``, ``2*every``... of each affected bulk request are rejected;
         ``count`` counts bulk requests. With ``withhold`` the rejected items never reach
         the server (a true rejection); without it they are applied and only the answer lies.
-        Non-bulk requests pass through.
+        ``reason`` replaces the items' error reason. Non-bulk requests pass through.
         """
         if every < 1:
             raise ValueError("every must be >= 1")
-        self._set(
-            Fault(REJECT_ITEMS, status=status, every=every, withhold=withhold), count, duration_s
-        )
+        fault = Fault(REJECT_ITEMS, status=status, every=every, withhold=withhold, reason=reason)
+        self._set(fault, count, duration_s)
+
+    def limit_body(
+        self, max_body_bytes: int, *, count: int | None = None, duration_s: float | None = None
+    ) -> None:
+        """Answer 413 (without forwarding) to requests whose body is over ``max_body_bytes``;
+        smaller ones pass. ``count`` counts the 413 answers."""
+        self._set(Fault(TOO_LARGE, max_body_bytes=max_body_bytes), count, duration_s)
 
     # ---------------------------------------------------------------- bookkeeping
 

@@ -32,6 +32,7 @@ from ingest.errors import (
     RecordValidationError,
     TransientError,
     UnknownSchemaError,
+    UnusableSchemaError,
 )
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -507,14 +508,53 @@ def test_registry_schema_identical_to_reader_uses_the_fast_path() -> None:
         pytest.param({"schema": "{nope"}, "not valid JSON", id="bad-json"),
         pytest.param({"schema": "[1]"}, "not a record schema", id="list"),
         pytest.param({"nothing": 1}, "not an Avro schema", id="missing"),
+        pytest.param({"schema": "[" * 100_000 + "]" * 100_000}, "too deeply", id="deep-json"),
     ],
 )
 def test_registry_answers_are_checked(body: dict[str, Any], error: str | None) -> None:
     if error is None:
         assert _schema_from(body, 3) == V2.raw
     else:
-        with pytest.raises(UnknownSchemaError, match=error):
+        with pytest.raises(UnusableSchemaError, match=error) as info:
             _schema_from(body, 3)
+        assert info.value.stage == "decode"
+
+
+def nested_schema(depth: int) -> dict[str, Any]:
+    """A record whose one field is an array of arrays ... ``depth`` levels deep."""
+    node: Any = "int"
+    for _ in range(depth):
+        node = {"type": "array", "items": node}
+    return {"type": "record", "name": "Deep", "fields": [{"name": "f", "type": node}]}
+
+
+def test_an_unusable_registry_schema_dead_letters_its_records_and_is_remembered() -> None:
+    """A schema nested too deeply for the parser makes its records decode errors naming the
+    id — not a RecursionError that crashes the daemon — and the registry is asked once."""
+    registry = FakeRegistry({900: nested_schema(3_000)})
+    codec = AvroCodec(CATALOG, "orders", registry=registry)
+    for _ in range(3):
+        with pytest.raises(UnusableSchemaError, match="writer schema 900 cannot be used") as info:
+            codec.decode(frame(900, b"\x00"))
+        assert info.value.stage == "decode" and info.value.detail == {"schema_id": 900}
+    assert registry.calls == [900]
+
+
+def test_a_registry_outage_is_retried_within_the_budget() -> None:
+    """Transient registry failures are retried (runtime.max_retry_s), then the id decodes."""
+
+    class Flaky(FakeRegistry):
+        def fetch(self, schema_id: int) -> dict[str, Any]:
+            if len(self.calls) < 2:
+                self.calls.append(schema_id)
+                raise TransientError("registry answered HTTP 503")
+            return super().fetch(schema_id)
+
+    registry = Flaky({500: V2.raw})
+    codec = AvroCodec(CATALOG, "orders", registry=registry, registry_retry_s=5)
+    record = orders(1)[0]
+    assert codec.decode(frame(500, codec.encode(record)[HEADER_SIZE:])) == record
+    assert registry.calls == [500, 500, 500]
 
 
 def test_registry_url_must_be_http() -> None:

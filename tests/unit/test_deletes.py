@@ -66,7 +66,9 @@ def test_the_copy_from_the_old_index_drops_documents_a_recorded_delete_supersede
     out of the new index. (The Kafka and file fills go through the batch writer.)"""
     client = CopyClient([("a", 3), ("b", 4), ("c", 9)])
     ledger = Markers({"a": 5, "c": 2})
-    settings = SimpleNamespace(runtime=SimpleNamespace(max_retry_s=5.0))
+    settings = SimpleNamespace(
+        runtime=SimpleNamespace(max_retry_s=5.0), search=SimpleNamespace(max_bulk_bytes=10 << 20)
+    )
     components = SimpleNamespace(search=client, ledger=ledger, settings=settings)
     filler = StreamFiller(components, STREAM, run_id=None)
     job = FillJob("index", "orders-v2", "orders-v1", {}, {})

@@ -293,14 +293,18 @@ def test_large_batches_are_split_by_request_size() -> None:
     assert result.indexed == 10
 
 
-def test_oversized_single_item_goes_alone() -> None:
-    """An item bigger than the limit still gets sent, in its own request."""
+def test_oversized_single_item_is_rejected_and_the_rest_still_split() -> None:
+    """An item bigger than the request limit alone is rejected (to be dead-lettered) with
+    both sizes, never sent: the server would refuse it and stall the stream on 413s."""
     client = FakeBulkClient()
     big = index("big", 1, orjson.dumps({"pad": "x" * 5000}))
-    BulkSink(client, max_retry_s=5, max_request_bytes=1024, **FAST).write(
+    result = BulkSink(client, max_retry_s=5, max_request_bytes=1024, **FAST).write(
         [index("a"), big, index("b")], ["i"]
     )
-    assert [client.ids(n) for n in range(len(client.bodies))] == [["a"], ["big"], ["b"]]
+    assert [client.ids(n) for n in range(len(client.bodies))] == [["a", "b"]]
+    assert [a.doc_id for a, _ in result.rejected] == ["big"]
+    size = len(action_lines(big, "i"))
+    assert f"{size} bytes is over the bulk request limit of 1024 bytes" in result.rejected[0][1]
 
 
 def test_transient_failure_mid_split_keeps_later_chunks_pending() -> None:
@@ -428,3 +432,49 @@ def test_classify_item(op: str, item: dict[str, Any], expected: ItemOutcome) -> 
 def test_classify_item_target_errors_raise(status: int, error_cls: type[Exception]) -> None:
     with pytest.raises(error_cls):
         classify_item("index", {"status": status, "_index": "i", "error": err("x", "y")})
+
+
+class TooLargeClient(FakeBulkClient):
+    """A server with a request size limit: bodies over ``limit`` bytes get HTTP 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refused: list[int] = []
+
+    def bulk(self, body: bytes) -> dict[str, Any]:
+        if len(body) > self.limit:
+            self.refused.append(len(body))
+            raise SearchRequestError(
+                "POST", "/_bulk", status=413, error_type="error", reason="Request Entity Too Large"
+            )
+        return super().bulk(body)
+
+
+def test_a_413_splits_the_request_and_rejects_only_the_document_too_large_alone() -> None:
+    """A 413 halves the request until it fits; the one document refused alone is rejected
+    with the sizes in its reason, every other document is indexed."""
+    big = index("big", body=orjson.dumps({"pad": "x" * 3000}))
+    actions = [index(f"d{n}") for n in range(6)]
+    actions.insert(3, big)
+    client = TooLargeClient(limit=2000)
+    result = BulkSink(client, max_retry_s=1, **FAST).write(actions, ["idx"])
+    assert result.indexed == 6
+    assert [a.doc_id for a, _ in result.rejected] == ["big"]
+    reason = result.rejected[0][1]
+    assert "413" in reason and "bytes" in reason and str(len(action_lines(big, "idx"))) in reason
+    assert sorted(i for call in range(len(client.requests)) for i in client.ids(call)) == sorted(
+        f"d{n}" for n in range(6)
+    )
+    assert client.refused  # the server really answered 413
+
+
+def test_other_request_errors_still_raise() -> None:
+    """Only 413 is split; a 400 for the whole request stays the caller's problem."""
+
+    class Refusing(FakeBulkClient):
+        def bulk(self, body: bytes) -> dict[str, Any]:
+            raise SearchRequestError("POST", "/_bulk", status=400, error_type="x", reason="no")
+
+    with pytest.raises(SearchRequestError):
+        BulkSink(Refusing(), max_retry_s=1, **FAST).write([index("a")], ["idx"])
