@@ -220,7 +220,7 @@ def test_bombs_and_oversized_documents_are_dead_letters_and_the_batch_goes_on() 
 @pytest.mark.parametrize("limit", [0, -1, 1023, 100 * 1024 * 1024 + 1, "10MB"])
 def test_a_nonsense_document_limit_is_one_config_error_line(limit: Any) -> None:
     raw_stream = {"name": "s", "topic": "t", "subject": "s", "alias": "a"}
-    assert parse_settings({"streams": [raw_stream]}).streams[0].max_document_bytes == 10 * 2**20
+    assert parse_settings({"streams": [raw_stream]}).streams[0].max_document_bytes == 8 * 2**20
     with pytest.raises(ConfigError, match="max_document_bytes") as info:
         parse_settings({"streams": [dict(raw_stream, max_document_bytes=limit)]})
     assert "\n" not in str(info.value)
