@@ -272,7 +272,11 @@ class _ChunkCopy:
     def copy(self, *, sleep: Callable[[float], None]) -> None:
         targets = self._targets()
         pipeline = build_pipeline(
-            self._components, self._stream, run_id=self._run_id, on_retry=self._on_retry
+            self._components,
+            self._stream,
+            run_id=self._run_id,
+            on_retry=self._on_retry,
+            path="backfill",
         )
         budget_s = self._settings.runtime.max_retry_s
         while True:

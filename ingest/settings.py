@@ -311,6 +311,9 @@ class StreamSettings(_Frozen):
     id_field: str | None = None
     #: Record field (long or timestamp) giving the external version; unset means the offset.
     version_field: str | None = None
+    #: Optional top-level timestamp field: ingestion latency is also measured from it
+    #: (``source="event_time"``), besides the Kafka timestamp.
+    event_time_field: str | None = None
     tombstones: Literal["delete", "ignore", "dead-letter"] = "delete"
     #: Record header holding a tombstone's version (ASCII digits, in the version field's
     #: unit), for streams whose version field is not a timestamp (see the README's rule).

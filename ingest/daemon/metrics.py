@@ -26,15 +26,23 @@ Every metric name starts with the namespace (``ingest_`` by default)::
     ingest_in_retry{stream}                        1 while a transient failure is being retried
     ingest_search_host_up{host}                    1 while the node is in its pool's rotation
     ingest_search_host_latency_seconds{host}       wall time of each request to the node
+    ingest_ingestion_latency_seconds{stream,source,path}
+                                                   record timestamp -> bulk acknowledged
+    ingest_heartbeat_timestamp_seconds{stream}     unix time of the last ledger heartbeat
+    ingest_ready                                   1 while /readyz answers 200, else 0
 
 ``host`` is ``scheme://host:port`` of a configured search node, never its credentials.
+
+The ingestion latency histogram is fed one flush at a time (bucket counts computed by
+:mod:`ingest.latency`), not one ``observe()`` per record: a custom collector keeps the
+cumulative counts, so a 2,000-record flush costs one short update under a lock.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -48,6 +56,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from ingest.latency import BUCKETS_S as INGESTION_BUCKETS_S
+from ingest.latency import LatencySample
 
 #: Content type of :meth:`Metrics.render` (the text format ``generate_latest`` writes).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -82,6 +96,62 @@ class _StreamChildren:
     python_path: Counter
     dead: dict[str, Counter] = field(default_factory=dict)
     lag: dict[int, Gauge] = field(default_factory=dict)
+
+
+class _LatencyHistograms(Collector):
+    """``ingestion_latency_seconds{stream,source,path}``, fed with whole flushes.
+
+    prometheus_client's Histogram takes one observation at a time; a flush brings its
+    bucket counts at once, so this collector keeps the cumulative counts itself and renders
+    them as an ordinary histogram family.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        #: (stream, source, path) -> [per-bucket counts incl. +Inf, sum of seconds]
+        self._series: dict[tuple[str, str, str], tuple[list[int], list[float]]] = {}
+
+    def add(self, stream: str, path: str, sample: LatencySample) -> None:
+        key = (stream, sample.source, path)
+        with self._lock:
+            counts, total = self._series.setdefault(
+                key, ([0] * (len(INGESTION_BUCKETS_S) + 1), [0.0])
+            )
+            for i, c in enumerate(sample.counts):
+                counts[i] += c
+            total[0] += sample.sum_s
+
+    def touch(self, stream: str, source: str, path: str) -> None:
+        """Create the series at zero (so dashboards see it before the first flush)."""
+        with self._lock:
+            self._series.setdefault(
+                (stream, source, path), ([0] * (len(INGESTION_BUCKETS_S) + 1), [0.0])
+            )
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = self._family()
+        with self._lock:
+            snapshot = [(k, list(c), t[0]) for k, (c, t) in sorted(self._series.items())]
+        bounds = [*(floatToGoString(b) for b in INGESTION_BUCKETS_S), "+Inf"]
+        for labels, counts, total in snapshot:
+            cumulative, running = [], 0
+            for bound, c in zip(bounds, counts, strict=True):
+                running += c
+                cumulative.append((bound, float(running)))
+            family.add_metric(list(labels), cumulative, total)
+        yield family
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(
+            self._name,
+            "Time from a record's timestamp (source: kafka_timestamp or event_time) to the"
+            " search server acknowledging its batch; path: live, backfill or replay.",
+            labels=["stream", "source", "path"],
+        )
 
 
 class Metrics:
@@ -175,6 +245,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             **kw,
         )
+        self._ingestion = _LatencyHistograms(f"{namespace}_ingestion_latency_seconds")
+        self.registry.register(self._ingestion)
+        self._heartbeat = Gauge(
+            "heartbeat_timestamp_seconds",
+            "Unix time of the stream worker's last heartbeat written to the ledger.",
+            stream,
+            **kw,
+        )
+        self._ready = Gauge(
+            "ready", "1 while the daemon is ready (/readyz answers 200), else 0.", **kw
+        )
         self._streams: dict[str, _StreamChildren] = {}
         self._lock = threading.Lock()
 
@@ -203,6 +284,20 @@ class Metrics:
     def register_stream(self, stream: str) -> None:
         """Create the stream's series at zero, so dashboards and ``rate()`` see them at start."""
         self._children(stream)
+        self._ingestion.touch(stream, "kafka_timestamp", "live")
+
+    def ingestion_latency(self, stream: str, path: str, samples: Sequence[LatencySample]) -> None:
+        """One flush's ingestion latency samples (one per clock source)."""
+        for sample in samples:
+            self._ingestion.add(stream, path, sample)
+
+    def heartbeat(self, stream: str, at: float | None = None) -> None:
+        """The stream worker wrote its heartbeat to the ledger at unix time ``at`` (now)."""
+        self._heartbeat.labels(stream).set(time.time() if at is None else at)
+
+    def readiness(self, ready: Callable[[], bool]) -> None:
+        """``ingest_ready`` asks ``ready`` at each scrape (the rule behind ``/readyz``)."""
+        self._ready.set_function(lambda: 1.0 if ready() else 0.0)
 
     def fast_path(self, stream: str, on: bool) -> None:
         """Whether ``stream``'s processor has the native fast path (set once at start)."""

@@ -66,13 +66,17 @@ class Daemon:
             check_topics(self.settings, self.streams)
             self.health.set_connected(True)
             server = None
+            stuck_s = min(60.0, self.settings.runtime.max_retry_s / 2)
+            self.metrics.readiness(
+                lambda: self.health.ready(self.health.clock(), max_retry_stuck_s=stuck_s)[0]
+            )
             if self.settings.runtime.metrics_port is not None:
                 server = serve(
                     self.settings.runtime.metrics_port,
                     self.metrics,
                     self.health,
                     host=self.settings.runtime.metrics_host,
-                    max_retry_stuck_s=min(60.0, self.settings.runtime.max_retry_s / 2),
+                    max_retry_stuck_s=stuck_s,
                 )
             try:
                 if not self._run_threads(components):

@@ -44,6 +44,10 @@ from ingest.settings import Settings, StreamSettings, group_id_for
 
 log = structlog.get_logger(__name__)
 
+#: How long flush latency rows stay in the ledger: well past the few minutes ``ingest
+#: status`` summarises, short enough that the table stays a few thousand rows per stream.
+LATENCY_KEEP_S = 3600.0
+
 
 class StreamWorker:
     """Consumes one stream until ``stop`` is set; see the module docstring for the loop."""
@@ -75,6 +79,7 @@ class StreamWorker:
         pipeline = build_pipeline(components, stream, on_retry=self._on_retry)
         self._processor = pipeline.processor
         if metrics:
+            metrics.register_stream(stream.name)
             metrics.fast_path(stream.name, self._processor.fast_path_on)
         self._writer = pipeline.writer
         self._router = IndexRouter(stream, components.ledger)
@@ -272,6 +277,10 @@ class StreamWorker:
                 took_s=outcome.took_s,
                 python_path=outcome.python_path,
             )
+            if outcome.latency:
+                self._metrics.ingestion_latency(
+                    self.stream.name, outcome.latency.path, outcome.latency.samples
+                )
             self._metrics.buffered(self.stream.name, 0)
         log.debug(
             "batch_flushed",
@@ -324,6 +333,9 @@ class StreamWorker:
         gauges = {"dual_write_version": self._router.dual_write_version or 0}
         if not self._ledger.heartbeat(self.run_id, gauges):
             log.warning("run_marked_stale", run_id=self.run_id)
+        if self._metrics:
+            self._metrics.heartbeat(self.stream.name)
+        self._ledger.prune_latency(self.stream.name, LATENCY_KEEP_S)
         lag = self._source.lag() if self._source is not None else {}
         if self._metrics:
             for p, n in lag.items():

@@ -2,11 +2,12 @@
 
 Import :class:`PostgresLedger` and the row types from here; the submodules are
 ``postgres`` (the class, composed of one module per record kind: ``offsets``, ``runs``,
-``dead_letters``, ``index_versions``, ``chunks``, ``deletes``, over ``base``: connections, error
-translation, the WHERE builder), ``models`` (row dataclasses and their stored form) and
-``migrator`` (versioned migrations and worker privileges).
+``dead_letters``, ``index_versions``, ``chunks``, ``deletes``, ``latency``, over ``base``:
+connections, error translation, the WHERE builder), ``models`` (row dataclasses and their
+stored form) and ``migrator`` (versioned migrations and worker privileges).
 """
 
+from ingest.ledger.latency import LatencyWindow
 from ingest.ledger.models import (
     ChunkRow,
     ChunkStatus,
@@ -27,6 +28,7 @@ __all__ = [
     "DeadLetterRow",
     "IndexState",
     "IndexVersionRow",
+    "LatencyWindow",
     "OffsetCommit",
     "OffsetRow",
     "PartitionClaim",

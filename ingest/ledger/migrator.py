@@ -39,9 +39,11 @@ WORKER_TABLES = (
     "index_versions",
     "backfill_chunks",
     "delete_markers",
+    "flush_latency",
 )
-#: The only tables a worker deletes from: dead letters and delete markers, purged by age.
-PURGEABLE_TABLES = ("dead_letters", "delete_markers")
+#: The tables a worker deletes from: dead letters and delete markers purged by age, latency
+#: rows past their retention.
+PURGEABLE_TABLES = ("dead_letters", "delete_markers", "flush_latency")
 MIGRATIONS_TABLE = "schema_migrations"
 
 
@@ -195,7 +197,8 @@ def grant_statements(schema: str, role: str) -> list[sql.Composed]:
     """The statements giving ``role`` what workers need on ``schema`` and nothing more.
 
     USAGE on the schema (no CREATE), SELECT/INSERT/UPDATE on the worker tables, DELETE only on
-    dead letters and delete markers (both purged by age), SELECT on ``schema_migrations`` so
+    dead letters and delete markers (both purged by age) and flush latency rows (retention),
+    SELECT on ``schema_migrations`` so
     :func:`apply_migrations` can see the schema is current, and USAGE on the sequences behind
     ``bigserial`` ids. Run after the migrations, as their owner: ``ALL SEQUENCES`` covers the
     sequences that exist then.

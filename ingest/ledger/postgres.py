@@ -5,10 +5,10 @@ on each partition (with a generation that fences a stale owner), which records w
 dead-lettered, which runs happened, which index versions exist behind an alias and which
 backfill chunks are done, and which documents were deleted. Each record kind has its own
 module (``offsets``, ``runs``, ``dead_letters``, ``index_versions``, ``chunks``,
-``deletes``) over the shared connections, error translation and WHERE builder in ``base``;
-this module composes them into :class:`PostgresLedger` and holds what spans them: the
-schema's migrations and grants, and the flush, the one transaction that writes four record
-kinds at once.
+``deletes``, ``latency``) over the shared connections, error translation and WHERE builder
+in ``base``; this module composes them into :class:`PostgresLedger` and holds what spans
+them: the schema's migrations and grants, and the flush, the one transaction that writes
+five record kinds at once.
 
 Each public method is one short transaction on a pooled connection in autocommit mode,
 except :meth:`PostgresLedger.try_lock_chunk`, which keeps a dedicated connection holding a
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ingest.latency import FlushLatency
 from ingest.ledger.chunks import ChunkLedger
 from ingest.ledger.dead_letters import DeadLetterLedger
 from ingest.ledger.deletes import DeleteMarkerLedger
 from ingest.ledger.index_versions import IndexVersionLedger
+from ingest.ledger.latency import LatencyLedger
 from ingest.ledger.migrator import apply_migrations, grant_statements, load_migrations
 from ingest.ledger.models import FlushMark, OffsetCommit, check_counters
 from ingest.ledger.offsets import OffsetLedger
@@ -37,6 +39,7 @@ class PostgresLedger(
     IndexVersionLedger,
     ChunkLedger,
     DeleteMarkerLedger,
+    LatencyLedger,
 ):
     """The ledger on one PostgreSQL database and schema; thread-safe.
 
@@ -76,8 +79,11 @@ class PostgresLedger(
         counters: Mapping[str, int] | None = None,
         flush: FlushMark | None = None,
         deletes: Sequence[DeleteMarker] = (),
+        *,
+        latency: FlushLatency | None = None,
     ) -> None:
-        """Record one flush atomically: next offsets, dead letters, deletes and run counters.
+        """Record one flush atomically: next offsets, dead letters, deletes, run counters and
+        ingestion latency.
 
         Called after the sink wrote the batch and before the Kafka commit. Raises
         :class:`~ingest.errors.FencedError` (and writes nothing) if any partition's stored
@@ -87,7 +93,8 @@ class PostgresLedger(
         once per ``flush`` mark (writer id, flush number): re-sending a commit that landed
         adds nothing. ``deletes`` (the deletes the sink applied) become delete markers, the
         newest version per document kept; in this same transaction, so a delete whose
-        offset is committed is always remembered.
+        offset is committed is always remembered. ``latency`` (the flush's ingestion latency
+        samples) becomes ``flush_latency`` rows.
         """
         ordered = sorted(offsets, key=lambda c: (c.group, c.topic, c.partition))
         added = check_counters(counters)
@@ -98,3 +105,5 @@ class PostgresLedger(
             self._upsert_delete_markers(conn, deletes)
             if run_id is not None and added:
                 self._add_counters(conn, run_id, added, flush)
+            if latency:
+                self._insert_flush_latency(conn, latency, run_id)

@@ -190,7 +190,7 @@ def _replay_stream(
     router.refresh()
     run_id = ledger.start_run(RUN_KIND, stream.name, {"records": len(rows)})
     result.run_id = run_id
-    pipeline = build_pipeline(components, stream, run_id=run_id)
+    pipeline = build_pipeline(components, stream, run_id=run_id, path="replay")
     log.info("replay_started", stream=stream.name, records=len(rows), run_id=run_id)
     try:
         for chunk in _chunks(_ordered(rows), stream.max_batch_records):

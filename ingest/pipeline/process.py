@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ingest.errors import OversizeError, RecordError, TombstoneError
+from ingest.latency import EventTime, FlushLatency, IngestPath, measure_flush
 from ingest.pipeline.batch import Batch
 from ingest.pipeline.deletes import applied_deletes, drop_superseded
 from ingest.pipeline.routing import routing_from_body
@@ -56,6 +57,8 @@ class LedgerCommitter(Protocol):
         counters: Mapping[str, int] | None = None,
         flush: tuple[str, int] | None = None,
         deletes: Sequence[DeleteMarker] = (),
+        *,
+        latency: FlushLatency | None = None,
     ) -> None: ...
 
     def delete_markers(self, alias: str, doc_ids: Sequence[str]) -> Mapping[str, int]: ...
@@ -174,6 +177,8 @@ class FlushOutcome:
     python_path: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     took_s: float = 0.0
+    #: Ingestion latency of the records the server acknowledged (empty without any).
+    latency: FlushLatency | None = None
 
     def counters(self) -> dict[str, int]:
         return {
@@ -200,6 +205,9 @@ class BatchWriter:
         publish_dead_letters: DeadLetterPublisher | None = None,
         retry: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        path: IngestPath = "live",
+        event_time: EventTime | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.stream = stream
         self._sink = sink
@@ -212,6 +220,11 @@ class BatchWriter:
         #: counters take each (writer, flush number) once.
         self._retry = retry
         self._clock = clock
+        #: Latency is measured against the wall clock (record timestamps are wall-clock
+        #: times) and labelled with ``path``, so backfills do not pollute the live figure.
+        self._path = path
+        self._event_time = event_time
+        self._wall_clock = wall_clock
         self._writer_id = uuid.uuid4().hex
         self._flushes = 0
 
@@ -235,6 +248,7 @@ class BatchWriter:
         outcome.conflicts = len(batch.actions) - len(live)
         if live:
             result = write_newest_accepted(self._sink, live, targets)
+            outcome.latency = self._latency(batch.actions, result.rejected)
             outcome.indexed = result.indexed
             outcome.deleted = result.deleted
             outcome.conflicts += result.conflicts
@@ -251,12 +265,27 @@ class BatchWriter:
             self._publish(dead)
         self._flushes += 1
         commit_args = (offsets, dead, self.run_id, outcome.counters(), self._flush_mark(), deletes)
+        latency = outcome.latency or None
         if self._retry is None:
-            self._ledger.commit(*commit_args)
+            self._ledger.commit(*commit_args, latency=latency)
         else:
-            self._retry(self._ledger.commit, *commit_args)
+            self._retry(self._ledger.commit, *commit_args, latency=latency)
         outcome.took_s = self._clock() - started
         return outcome
+
+    def _latency(
+        self, sent: Sequence[IndexAction], rejected: Sequence[tuple[IndexAction, str]]
+    ) -> FlushLatency:
+        """Latency of every action of the batch the server took, at the moment it answered.
+
+        Versions superseded inside the batch count too: the newer version made them
+        visible. Rejected actions are dead letters, not ingested.
+        """
+        acked_ms = int(self._wall_clock() * 1000)
+        if rejected:
+            refused = {id(action) for action, _ in rejected}
+            sent = [a for a in sent if id(a) not in refused]
+        return measure_flush(self.stream.name, self._path, sent, acked_ms, self._event_time)
 
     def _flush_mark(self) -> tuple[str, int]:
         return (self._writer_id, self._flushes)

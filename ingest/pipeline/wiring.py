@@ -21,6 +21,7 @@ from ingest.avro.fields import check_stream_fields
 from ingest.avro.transcode import fast_path_for
 from ingest.errors import ConfigError
 from ingest.kafka.deadletters import DeadLetterTopic
+from ingest.latency import IngestPath, event_time_for
 from ingest.ledger import PostgresLedger
 from ingest.pipeline.process import BatchWriter, DeadLetterPublisher, RecordProcessor
 from ingest.pipeline.routing import schema_problem
@@ -98,8 +99,13 @@ def build_pipeline(
     *,
     run_id: int | None = None,
     on_retry: OnRetry | None = None,
+    path: IngestPath = "live",
 ) -> StreamPipeline:
-    """The one pipeline for ``stream``: codec -> transform -> bulk sink -> ledger."""
+    """The one pipeline for ``stream``: codec -> transform -> bulk sink -> ledger.
+
+    ``path`` labels the ingestion latency it measures: ``live`` for the daemon,
+    ``backfill`` and ``replay`` for the jobs whose records are old by design.
+    """
     settings = components.settings
     codec = AvroCodec.for_stream(settings, stream, components.catalog, decimals_as_float=True)
     sink = BulkSink(
@@ -118,6 +124,8 @@ def build_pipeline(
         retry=retrying(
             max_total_s=settings.runtime.max_retry_s, on_retry=on_retry, what="ledger commit"
         ),
+        path=path,
+        event_time=event_time_for(stream.event_time_field, stream.version_field, codec.reader.raw),
     )
     return StreamPipeline(processor_for(stream, codec), writer, sink)
 

@@ -85,6 +85,8 @@ class FakeLedger:
         counters: Mapping[str, int] | None = None,
         flush: tuple[str, int] | None = None,
         deletes: Sequence[Any] = (),
+        *,
+        latency: Any = None,
     ) -> None:
         assert not offsets, "a backfill never moves the daemon's offsets"
         self.commits.append((list(dead_letters), run_id, dict(counters or {})))

@@ -86,6 +86,8 @@ class FakeLedger:
         counters: Mapping[str, int] | None = None,
         flush: tuple[str, int] | None = None,
         deletes: Sequence[DeleteMarker] = (),
+        *,
+        latency: Any = None,
     ) -> None:
         self.marks.append(flush)
         self.commits.append((list(offsets), list(dead_letters), counters))
