@@ -29,11 +29,15 @@ def age(then: datetime | None, now: datetime) -> str:
     """A short age such as ``4s``, ``12m``, ``3h`` or ``2d``; ``-`` when unknown."""
     if then is None:
         return "-"
-    seconds = max(0.0, (now - then).total_seconds())
+    return age_of(max(0.0, (now - then).total_seconds()))
+
+
+def age_of(value_s: float) -> str:
+    """``value_s`` seconds as ``4s``, ``12m``, ``3h`` or ``2d`` (whole units, rounded down)."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
+        if value_s >= size:
+            return f"{int(value_s // size)}{unit}"
+    return f"{int(value_s)}s"
 
 
 def _when(then: datetime | None, now: datetime) -> str:
@@ -88,6 +92,7 @@ def render_status(report: StatusReport, console: Console) -> None:
     _versions(report, console, now)
     _runs(report, console, now)
     _chunks(report, console, now)
+    _latency(report, console, now)
     if report.problems:
         console.print()
         console.print("[bold red]problems[/]")
@@ -258,6 +263,49 @@ def _chunks(report: StatusReport, console: Console, now: datetime) -> None:
             Text(_num(c.failed), style="bold red" if c.failed else ""),
             _when(c.last_finished_at, now),
             (c.last_error or "-")[:80],
+        )
+    console.print(table)
+
+
+def seconds(value: float | None) -> str:
+    """A latency such as ``35ms``, ``1.4s`` or ``12m``; ``-`` when unknown."""
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.0f}ms"
+    if value < 60:
+        return f"{value:.1f}s"
+    return age_of(value)
+
+
+def _latency(report: StatusReport, console: Console, now: datetime) -> None:
+    console.print()
+    if not report.ingestion_latency:
+        console.print("ingestion latency: no flush recorded")
+        return
+    window = report.ingestion_latency[0].window_s
+    table = _table(
+        f"ingestion latency (flushes of the last {age_of(window)})",
+        "stream",
+        "path",
+        "from",
+        "records",
+        "p50",
+        "p99",
+        "newest record",
+        right=("records", "p50", "p99"),
+    )
+    table.caption = "record timestamp -> batch acknowledged by the search server"
+    table.caption_justify = "left"
+    for x in report.ingestion_latency:
+        table.add_row(
+            x.stream,
+            x.path,
+            x.source,
+            _num(x.records),
+            seconds(x.p50_s),
+            seconds(x.p99_s),
+            _when(x.newest_record_at, now),
         )
     console.print(table)
 

@@ -58,7 +58,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from ingest.latency import BUCKETS_S as INGESTION_BUCKETS_S
 from ingest.latency import LatencySample
@@ -136,7 +135,8 @@ class _LatencyHistograms(Collector):
         family = self._family()
         with self._lock:
             snapshot = [(k, list(c), t[0]) for k, (c, t) in sorted(self._series.items())]
-        bounds = [*(floatToGoString(b) for b in INGESTION_BUCKETS_S), "+Inf"]
+        # The ``le`` labels prometheus_client's own Histogram writes: "0.01", "10.0", "+Inf".
+        bounds = [*(repr(float(b)) for b in INGESTION_BUCKETS_S), "+Inf"]
         for labels, counts, total in snapshot:
             cumulative, running = [], 0
             for bound, c in zip(bounds, counts, strict=True):

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ingest.errors import IngestError
-from ingest.ledger import ChunkRow, IndexVersionRow, OffsetRow, RunRow
+from ingest.latency import quantile
+from ingest.ledger import ChunkRow, IndexVersionRow, LatencyWindow, OffsetRow, RunRow
 from ingest.settings import Settings, StreamSettings, group_id_for
 
 #: A running process whose heartbeat is older than this many heartbeat intervals is stale.
@@ -32,6 +33,8 @@ RECENT_RUNS = 10
 RUNS_SCANNED = 200
 #: Version of the ``--json`` document; bumped when a key changes meaning or goes away.
 JSON_VERSION = 1
+#: Ingestion latency quantiles are estimated over the flushes of this last window.
+LATENCY_WINDOW_S = 300.0
 
 #: Topic -> partition -> high watermark (the next offset the broker will assign).
 Watermarks = Callable[[str], Mapping[int, int]]
@@ -56,6 +59,10 @@ class StatusLedger(Protocol):
     def index_versions(self, alias: str) -> list[IndexVersionRow]: ...
 
     def chunks(self, family: str | None = None, stream: str | None = None) -> list[ChunkRow]: ...
+
+    def latency_windows(
+        self, window_s: float, streams: Sequence[str] | None = None
+    ) -> list[LatencyWindow]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +149,27 @@ class ChunkSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class LatencyStatus:
+    """Ingestion latency of one stream, path (live/backfill/replay) and clock source.
+
+    ``p50_s``/``p99_s`` are estimated from the histogram buckets of the flushes acknowledged
+    in the last ``window_s`` seconds (None without any); the newest record is the newest
+    indexed one the ledger still knows of, however old.
+    """
+
+    stream: str
+    path: str
+    source: str
+    window_s: float
+    flushes: int
+    records: int
+    p50_s: float | None
+    p99_s: float | None
+    newest_record_at: datetime | None
+    newest_record_age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     """Everything ``ingest status`` shows, in one value."""
 
@@ -154,6 +182,7 @@ class StatusReport:
     index_versions: list[IndexVersionStatus] = field(default_factory=list)
     recent_runs: list[RunOutcome] = field(default_factory=list)
     chunks: list[ChunkSummary] = field(default_factory=list)
+    ingestion_latency: list[LatencyStatus] = field(default_factory=list)
     #: Things an operator should look at, one sentence each.
     problems: list[str] = field(default_factory=list)
 
@@ -170,6 +199,7 @@ class StatusReport:
             "index_versions": [_plain(v) for v in self.index_versions],
             "recent_runs": [_plain(r) for r in self.recent_runs],
             "chunks": [_plain(c) for c in self.chunks],
+            "ingestion_latency": [_plain(x) for x in self.ingestion_latency],
             "problems": list(self.problems),
         }
 
@@ -245,6 +275,7 @@ def gather_status(
     ]
     runs = _recent_runs(ledger, names if streams is not None else None)
     chunks = _chunks(ledger.chunks(), names if streams is not None else None)
+    latency = _latency(ledger.latency_windows(LATENCY_WINDOW_S, sorted(names)), now)
     for c in chunks:
         if c.failed:
             problems.append(f"{c.stream}: {c.failed} {c.family} chunk(s) failed")
@@ -258,8 +289,36 @@ def gather_status(
         index_versions=versions,
         recent_runs=runs,
         chunks=chunks,
+        ingestion_latency=latency,
         problems=problems,
     )
+
+
+def _latency(windows: Sequence[LatencyWindow], now: datetime) -> list[LatencyStatus]:
+    out = []
+    for w in windows:
+        newest = None if w.newest_record_at is None else _aware(w.newest_record_at)
+        out.append(
+            LatencyStatus(
+                stream=w.stream,
+                path=w.path,
+                source=w.source,
+                window_s=LATENCY_WINDOW_S,
+                flushes=w.flushes,
+                records=w.records,
+                p50_s=_rounded(quantile(0.5, w.counts)),
+                p99_s=_rounded(quantile(0.99, w.counts)),
+                newest_record_at=newest,
+                newest_record_age_s=None
+                if newest is None
+                else round(max(0.0, (now - newest).total_seconds()), 3),
+            )
+        )
+    return out
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _partitions(

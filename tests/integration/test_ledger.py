@@ -42,6 +42,7 @@ TABLES = {
     "index_versions",
     "backfill_chunks",
     "delete_markers",
+    "flush_latency",
 }
 
 

@@ -15,6 +15,7 @@ from ingest.ops.status import (
     ChunkSummary,
     DeadLetterCount,
     IndexVersionStatus,
+    LatencyStatus,
     PartitionStatus,
     ProcessStatus,
     RunOutcome,
@@ -67,6 +68,20 @@ def _report() -> StatusReport:
             RunOutcome(9, "reindex", "orders", "failed", NOW, NOW, {}, "mapping conflict"),
         ],
         chunks=[ChunkSummary("orders", "KafkaRangeChunk", 1, 0, 5, 2, NOW, "boom")],
+        ingestion_latency=[
+            LatencyStatus(
+                "orders",
+                "live",
+                "kafka_timestamp",
+                300.0,
+                40,
+                8000,
+                0.412,
+                2.75,
+                NOW - timedelta(seconds=3),
+                3.0,
+            )
+        ],
         problems=["run 8 (backfill orders on h pid 2) has not sent a heartbeat for 300s"],
     )
 
@@ -112,8 +127,11 @@ def test_every_section_is_rendered() -> None:
         "index versions",
         "recent backfill/reindex/replay runs",
         "backfill chunks",
+        "ingestion latency (flushes of the last 5m)",
     ):
         assert title in text
+    latency = next(line for line in text.splitlines() if "kafka_timestamp" in line)
+    assert "412ms" in latency and "2.8s" in latency and "3s ago" in latency
     assert "orders-v2" in text and "live" in text
     assert "mapping conflict" in text
     assert "KafkaRangeChunk" in text
@@ -123,6 +141,7 @@ def test_empty_report_says_so_in_one_line_each() -> None:
     text = _render(StatusReport(generated_at=NOW, ledger_schema="x", heartbeat_s=5))
     assert "processes: none running" in text
     assert "dead letters: none waiting" in text
+    assert "ingestion latency: no flush recorded" in text
     assert "no problems found" in text
 
 
@@ -140,6 +159,7 @@ def test_json_has_stable_keys_and_iso_times() -> None:
         "index_versions",
         "recent_runs",
         "chunks",
+        "ingestion_latency",
         "problems",
     }
     assert data["version"] == 1
@@ -172,6 +192,20 @@ def test_json_has_stable_keys_and_iso_times() -> None:
     assert data["processes"][1]["stale"] is True
     assert data["dead_letters"] == [{"stream": "orders", "stage": "decode", "count": 4}]
     assert data["chunks"][0]["failed"] == 2
+    assert data["ingestion_latency"] == [
+        {
+            "stream": "orders",
+            "path": "live",
+            "source": "kafka_timestamp",
+            "window_s": 300.0,
+            "flushes": 40,
+            "records": 8000,
+            "p50_s": 0.412,
+            "p99_s": 2.75,
+            "newest_record_at": "2025-03-01T11:59:57Z",
+            "newest_record_age_s": 3.0,
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -290,6 +324,22 @@ class _FakeLedger:
     def chunks(self, family=None, stream=None):  # type: ignore[no-untyped-def]
         return self.chunk_rows
 
+    def latency_windows(self, window_s, streams=None):  # type: ignore[no-untyped-def]
+        from ingest.latency import BUCKETS_S
+        from ingest.ledger import LatencyWindow
+
+        counts = [0] * (len(BUCKETS_S) + 1)
+        counts[5] = 99  # (0.25, 0.5] s
+        counts[9] = 1  # (5, 10] s
+        rows = [
+            LatencyWindow("orders", "live", "kafka_timestamp", 3, 100, tuple(counts), NOW, NOW),
+            LatencyWindow("gone", "live", "kafka_timestamp", 1, 1, tuple(counts), NOW, NOW),
+            LatencyWindow(
+                "orders", "backfill", "kafka_timestamp", 0, 0, (), NOW - timedelta(hours=2), NOW
+            ),
+        ]
+        return [r for r in rows if streams is None or r.stream in streams]
+
 
 def _settings():  # type: ignore[no-untyped-def]
     from ingest.settings import parse_settings
@@ -331,6 +381,11 @@ def test_gather_joins_ledger_and_broker_and_flags_problems() -> None:
     assert "beyond the broker's end" in text
     assert "run 3 " in text
     assert "1 Fam chunk(s) failed" in text
+    live, backfill = report.ingestion_latency
+    assert (live.path, live.records, live.newest_record_age_s) == ("live", 100, 0)
+    assert live.p50_s == pytest.approx(0.25 + 0.25 * 50 / 99, abs=1e-4)  # interpolated
+    assert live.p99_s == pytest.approx(0.5)
+    assert backfill.p50_s is None and backfill.newest_record_age_s == 7200
 
 
 def test_gather_without_broker_keeps_ledger_side() -> None:
