@@ -2,7 +2,7 @@
 
 Environment: BENCH_N (records for ceiling/end-to-end, default 40000), BENCH_ROUNDS (ceiling +
 daemon rounds, default 5), BENCH_BACKLOG (records for the peak-RSS drain, default 500000),
-BENCH_SKIP (comma list of sections).
+BENCH_SKIP (comma list of sections: pipeline, endtoend, freshness, backfill).
 Results are printed and written to bench/results/*.json.
 """
 
@@ -38,6 +38,19 @@ def main() -> None:
 
             results["endtoend"] = endtoend.run(endpoints, n=n, backlog=backlog, rounds=rounds)
             print("endtoend:", json.dumps(results["endtoend"]), flush=True)
+        if "freshness" not in skip:
+            from bench import freshness
+            from bench.endtoend import ceiling
+            from bench.pipeline import encoded_records
+
+            rounds_run = results.get("endtoend", {}).get("rounds", [])
+            ceilings = sorted(r["raw_bulk_ceiling_docs_per_s"] for r in rounds_run)
+            if not ceilings:
+                ceilings = [ceiling(endpoints, encoded_records(10_000)[0], per_request=2000)]
+            results["freshness"] = freshness.run(
+                endpoints, ceiling_docs_per_s=ceilings[len(ceilings) // 2]
+            )
+            print("freshness:", json.dumps(results["freshness"]), flush=True)
         if "backfill" not in skip:
             try:
                 from bench import backfill

@@ -71,3 +71,14 @@ def fresh_settings(endpoints: StackEndpoints, *, partitions: int = 4, **stream: 
 def save(name: str, result: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+def write_daemon_config(settings: Settings, workdir: Path) -> Path:
+    """A TOML file for ``ingest run`` holding ``settings`` (the DSN in clear: bench only)."""
+    import tomli_w
+
+    config = workdir / f"{settings.streams[0].topic}.toml"
+    data = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["ledger"]["dsn"] = settings.ledger.dsn.get_secret_value()
+    config.write_text(tomli_w.dumps(data))
+    return config

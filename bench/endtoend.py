@@ -21,10 +21,9 @@ from typing import Any
 
 import orjson
 import psutil
-import tomli_w
 from confluent_kafka import Producer
 
-from bench.common import fresh_settings
+from bench.common import fresh_settings, write_daemon_config
 from bench.pipeline import STREAM, encoded_records
 from ingest.avro.catalog import SchemaCatalog
 from ingest.avro.codec import AvroCodec
@@ -101,10 +100,7 @@ def drain(settings: Settings, records: list[RawRecord], workdir: Path) -> dict[s
     per_partition: dict[int, int] = {}
     for r in records:
         per_partition[r.partition] = per_partition.get(r.partition, 0) + 1
-    config = workdir / f"{settings.streams[0].topic}.toml"
-    data = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
-    data["ledger"]["dsn"] = settings.ledger.dsn.get_secret_value()
-    config.write_text(tomli_w.dumps(data))
+    config = write_daemon_config(settings, workdir)
     log = (workdir / "daemon.log").open("ab")
     port = free_port()
     proc = subprocess.Popen(
