@@ -147,23 +147,32 @@ class StreamWorker:
         last_beat = last_summary = last_route = time.monotonic()
         self._router.refresh()
         rt = self.settings.runtime
+        # Start of the last flush, until the poll right after it: what that poll returns at
+        # once was fetched while the flush ran, and has been waiting since it began.
+        flushed_from: float | None = None
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 if self._health:
                     self._health.beat(now)
                 timeout = min(1.0, max(0.05, self._batch.time_left_s(self._policy, now)))
+                if flushed_from is not None:
+                    timeout = 0.0
                 room = self._policy.max_records - self._batch.records
                 try:
                     records = self._source.poll(room, timeout)
                     now = time.monotonic()
                     if records:
                         self._processor.process(records, self._batch, now)
+                        if flushed_from is not None:
+                            self._batch.waiting_since(flushed_from)
                         if self._metrics:
                             self._metrics.consumed(self.stream.name, len(records))
                             self._metrics.buffered(self.stream.name, self._batch.size_bytes)
+                    flushed_from = None
                     if self._batch.is_due(self._policy, now):
                         self._flush()
+                        flushed_from = now
                 except FencedError as exc:
                     self._rejoin(exc)
                 if now - last_route >= rt.index_poll_s:

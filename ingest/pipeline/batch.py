@@ -54,6 +54,13 @@ class Batch:
         self.records += 1
         self.size_bytes += record.size_bytes
 
+    def waiting_since(self, since: float) -> None:
+        """The records just added were already waiting at ``since`` (fetched while the
+        previous batch was being flushed): the linger time counts from then, so a record
+        waits at most ``linger_s`` in the ingester, not a whole flush plus ``linger_s``."""
+        if self.records and (self.opened_at is None or since < self.opened_at):
+            self.opened_at = since
+
     def add_action(self, action: IndexAction) -> None:
         self.actions.append(action)
 

@@ -58,6 +58,21 @@ def test_time_left_counts_from_first_record() -> None:
     assert batch.time_left_s(POLICY, now=5.25) == pytest.approx(0.75)
 
 
+def test_records_waiting_through_a_flush_count_their_linger_from_its_start() -> None:
+    """Fetched while the previous flush ran (from 10.0 to 10.8): due at 11.0, one linger
+    after they started waiting, not at 11.8; an empty batch and a later start change nothing."""
+    empty = Batch()
+    empty.waiting_since(10.0)
+    assert empty.opened_at is None
+    batch = Batch()
+    batch.note(rec(0), now=10.8)
+    batch.waiting_since(10.0)
+    assert not batch.is_due(POLICY, now=10.9)
+    assert batch.is_due(POLICY, now=11.0)
+    batch.waiting_since(10.5)
+    assert batch.opened_at == 10.0
+
+
 def test_drop_partitions_forgets_their_records_only() -> None:
     """A lost partition's buffered work is dropped; others stay."""
     batch = Batch()
