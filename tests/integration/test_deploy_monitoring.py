@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ingest.producer import run_produce
+from ingest.dev.demo import run_produce
 from ingest.settings import Settings
 from tests.support.daemon import (
     DaemonProcess,

@@ -21,10 +21,10 @@ from click.testing import CliRunner
 
 from backfill.runner import RunOptions, run_kafka_backfill
 from ingest.cli import main
+from ingest.dev.demo import run_produce
 from ingest.errors import FencedError
 from ingest.latency import measure_flush
 from ingest.ledger import OffsetCommit, PostgresLedger
-from ingest.producer import run_produce
 from ingest.settings import Settings
 from ingest.types import IndexAction, RawRecord
 from tests.support.daemon import (
