@@ -4,9 +4,10 @@ This module gathers and shapes the data; :mod:`ingest.cli.status` renders it. Ke
 the two apart lets the rendering be tested without servers and gives ``--json`` one stable
 shape (:meth:`StatusReport.to_json`) that scripts can rely on.
 
-Sources: the ledger (offsets, runs, dead-letter counts, index versions, backfill chunks) and
-the broker's high watermarks, read through :class:`~ingest.kafka.consumer.KafkaRangeReader` because
-only a real fetch gives a right watermark on every broker (see docs/local-stack.md). The broker is
+Sources: the ledger (offsets, runs, dead-letter counts, index versions, backfill chunks,
+flush latency) and the broker's high watermarks, read through
+:class:`~ingest.kafka.consumer.KafkaRangeReader` because only a real fetch gives a right
+watermark on every broker (see docs/local-stack.md). The broker is
 optional: when it cannot be reached the report still shows the ledger's side and says so in
 ``problems``. A process counts as stale when its heartbeat is older than
 ``STALE_FACTOR * runtime.heartbeat_s``, measured on this machine's clock.
