@@ -2,7 +2,7 @@
 
 Environment: BENCH_N (records for ceiling/end-to-end, default 40000), BENCH_ROUNDS (ceiling +
 daemon rounds, default 5), BENCH_BACKLOG (records for the peak-RSS drain, default 500000),
-BENCH_SKIP (comma list of sections: pipeline, endtoend, freshness, backfill).
+BENCH_SKIP (comma list of sections: pipeline, compression, endtoend, freshness, backfill).
 Results are printed and written to bench/results/*.json.
 """
 
