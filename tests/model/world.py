@@ -139,7 +139,13 @@ class World:
                 "assignment_strategy": "range",
             },
             "search": {"url": self.endpoints.search_url, "request_timeout_s": 10.0},
-            "ledger": {"dsn": self.endpoints.ledger_dsn, "schema": self.name},
+            "ledger": {
+                "dsn": self.endpoints.ledger_dsn,
+                "schema": self.name,
+                # The model's records carry fixed 2026-01-01 timestamps: keep delete markers
+                # long enough that backfilling their windows is allowed.
+                "delete_marker_retention_s": 20 * 365 * 86400.0,
+            },
             "runtime": {
                 "max_retry_s": MAX_RETRY_S,
                 "shutdown_timeout_s": 15.0,
