@@ -1,6 +1,6 @@
 """``ingest status``: one screen saying whether ingestion is healthy, or ``--json`` for scripts.
 
-The data comes from :func:`ingest.ops.status.gather_status`; this module only renders it, as
+The data comes from :func:`ingest.ops.report.gather_status`; this module only renders it, as
 aligned rich tables (numbers right-aligned, stale processes and negative lag highlighted,
 times shown with their age). :func:`render_status` writes to any rich Console so tests can
 render into a string.
@@ -22,7 +22,7 @@ from rich.text import Text
 from ingest.cli._common import config_option, fail_cleanly, load
 
 if TYPE_CHECKING:  # the report's module reads the ledger: loaded only when a command runs
-    from ingest.ops.status import StatusReport
+    from ingest.ops.report import StatusReport
 
 
 def age(then: datetime | None, now: datetime) -> str:
@@ -323,7 +323,7 @@ def status(
 ) -> None:
     """Positions and lag per partition, running processes, dead letters, indices and runs."""
     from ingest.ledger import PostgresLedger
-    from ingest.ops.status import KafkaWatermarks, gather_status
+    from ingest.ops.report import KafkaWatermarks, gather_status
 
     settings = load(config_path, log_level="WARNING")
     chosen = [settings.stream(name) for name in streams] if streams else None

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ingest.cli.dlq import hex_dump, parse_ids, parse_when
 from ingest.cli.status import age, render_status
-from ingest.ops.status import (
+from ingest.ops.report import (
     ChunkSummary,
     DeadLetterCount,
     IndexVersionStatus,
@@ -357,7 +357,7 @@ def _settings():  # type: ignore[no-untyped-def]
 
 def test_gather_joins_ledger_and_broker_and_flags_problems() -> None:
     """Lag per partition from both sides; stale runs, negative lag and failed chunks flagged."""
-    from ingest.ops.status import gather_status
+    from ingest.ops.report import gather_status
 
     report = gather_status(
         _settings(),
@@ -391,7 +391,7 @@ def test_gather_joins_ledger_and_broker_and_flags_problems() -> None:
 def test_gather_without_broker_keeps_ledger_side() -> None:
     """An unreachable broker is one problem line; the ledger's numbers are still shown."""
     from ingest.errors import TransientError
-    from ingest.ops.status import gather_status
+    from ingest.ops.report import gather_status
 
     calls: list[str] = []
 
@@ -409,7 +409,7 @@ def test_gather_without_broker_keeps_ledger_side() -> None:
 
 
 def test_gather_filtered_to_streams_drops_other_streams() -> None:
-    from ingest.ops.status import gather_status
+    from ingest.ops.report import gather_status
 
     settings = _settings()
     report = gather_status(
