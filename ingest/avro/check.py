@@ -197,7 +197,8 @@ _LOGICAL_VALUES: dict[str, type | tuple[type, ...]] = {
     "time-micros": dt.time,
     "uuid": uuid.UUID,
 }
-_PLAIN_VALUES: dict[str, type | tuple[type, ...]] = {
+#: The Python type(s) a decoded value of each primitive Avro type has.
+PLAIN_VALUES: dict[str, type | tuple[type, ...]] = {
     "null": type(None),
     "boolean": bool,
     "int": int,
@@ -216,7 +217,7 @@ def _primitive_problem(datum: Any, kind: str, logical: str | None, schema: Any) 
     special = _LOGICAL_VALUES.get(logical or "")
     if special is not None and isinstance(datum, special):
         return None
-    plain = _PLAIN_VALUES.get(kind)
+    plain = PLAIN_VALUES.get(kind)
     if plain is None:
         return f"unsupported Avro type {kind}"
     if not isinstance(datum, plain) or (isinstance(datum, bool) and kind != "boolean"):

@@ -35,7 +35,7 @@ from typing import Any
 import fastavro
 
 from ingest.avro.catalog import SchemaCatalog, SchemaVersion, parse_avro
-from ingest.avro.check import RecordChecker
+from ingest.avro.check import PLAIN_VALUES, RecordChecker
 from ingest.avro.reader import ReadFailure, compile_reader
 from ingest.avro.registry import HttpSchemaRegistry, SchemaSource
 from ingest.errors import (
@@ -70,14 +70,9 @@ def frame(schema_id: int, avro: bytes) -> bytes:
     return _HEADER.pack(MAGIC, schema_id) + avro
 
 
-_PLAIN_DEFAULTS: dict[str, type | tuple[type, ...]] = {
-    "null": type(None),
-    "boolean": bool,
-    "int": int,
-    "long": int,
-    "float": (int, float),
-    "double": (int, float),
-    "string": str,
+#: Defaults taken as they are written: bytes and fixed defaults are JSON strings, not bytes.
+_PLAIN_DEFAULTS = {
+    kind: types for kind, types in PLAIN_VALUES.items() if kind not in ("bytes", "fixed")
 }
 
 
