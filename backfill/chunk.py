@@ -9,7 +9,9 @@ archive file). :func:`run_chunk` is everything a Luigi task does, without Luigi:
     2. copy     read -> keep records of the chunk's window -> RecordProcessor -> Batch ->
                 BatchWriter.flush(targets, offsets=[]): the daemon's own pipeline, dead
                 letters and run counters committed in the same ledger transaction
-    3. finish   ledger.finish_chunk: ``done`` with its counts, or ``failed`` with the error
+    3. finish   ledger.finish_chunk: ``done`` with its counts, or ``failed`` with the error;
+                either way with what the copy cost (duration, records read, raw bytes read),
+                which the run compares across its chunks (:mod:`backfill.skew`)
 
 Transient errors (broker, ledger) are retried inside the chunk with the project's one retry
 policy: the copy resumes from the last flushed record, and a fresh retry budget starts
@@ -37,6 +39,7 @@ from backfill.kafka_range import KafkaChunkPlan
 from ingest.avro.catalog import SchemaVersion
 from ingest.errors import ConfigError, FatalError, IngestError, TransientError
 from ingest.kafka.ranges import KafkaRangeReader, OffsetRange
+from ingest.ledger import ChunkTiming
 from ingest.pipeline.batch import Batch, FlushPolicy
 from ingest.pipeline.process import BatchWriter, RecordProcessor
 from ingest.pipeline.wiring import Components, build_pipeline
@@ -148,10 +151,14 @@ class FileChunkSource:
 
 @dataclass(slots=True)
 class ChunkResult:
-    """``done``: copied now; ``done_elsewhere``: another backfill finished it meanwhile."""
+    """``done``: copied now; ``done_elsewhere``: another backfill finished it meanwhile.
+
+    ``timing`` is what the copy cost (None when it was done elsewhere).
+    """
 
     status: Literal["done", "done_elsewhere"]
     counts: dict[str, int] = field(default_factory=dict)
+    timing: ChunkTiming | None = None
 
 
 class ChunkBusyError(FatalError):
@@ -200,20 +207,38 @@ def run_chunk(
         log.info("chunk_done_elsewhere", task_id=spec.task_id, chunk=spec.label)
         return ChunkResult("done_elsewhere")
     ledger = components.ledger
+    started = clock()
     try:
         copier.copy(sleep=sleep)
     except BaseException as exc:
         error = describe_error(exc)
-        log.error("chunk_failed", task_id=spec.task_id, chunk=spec.label, error=error)
+        timing = copier.timing(clock() - started)
+        log.error(
+            "chunk_failed",
+            task_id=spec.task_id,
+            chunk=spec.label,
+            error=error,
+            duration_s=round(timing.duration_s, 3),
+        )
         try:
-            ledger.finish_chunk(spec.task_id, "failed", copier.counts, error=error)
+            ledger.finish_chunk(
+                spec.task_id, "failed", copier.counts, error=error, timing=timing, run_id=run_id
+            )
         except IngestError as finish_exc:
             log.error("chunk_failure_not_recorded", task_id=spec.task_id, error=str(finish_exc))
             ledger.release_chunk(spec.task_id)
         raise
-    ledger.finish_chunk(spec.task_id, "done", copier.counts)
-    log.info("chunk_done", task_id=spec.task_id, chunk=spec.label, **copier.counts)
-    return ChunkResult("done", dict(copier.counts))
+    timing = copier.timing(clock() - started)
+    ledger.finish_chunk(spec.task_id, "done", copier.counts, timing=timing, run_id=run_id)
+    log.info(
+        "chunk_done",
+        task_id=spec.task_id,
+        chunk=spec.label,
+        duration_s=round(timing.duration_s, 3),
+        read_bytes=timing.read_bytes,
+        **copier.counts,
+    )
+    return ChunkResult("done", dict(copier.counts), timing)
 
 
 def _lock(
@@ -268,6 +293,14 @@ class _ChunkCopy:
         self._settings = components.settings
         self.position = source.start
         self.counts: Counter[str] = Counter()
+        #: Raw key + value bytes of the records flushed so far (read again after a retry,
+        #: they are not counted twice).
+        self.read_bytes = 0
+
+    def timing(self, duration_s: float) -> ChunkTiming:
+        """What the copy cost so far: records and bytes up to the last flush."""
+        records = self.counts["consumed"] + self.counts["skipped"]
+        return ChunkTiming(max(0.0, duration_s), records, self.read_bytes)
 
     def copy(self, *, sleep: Callable[[float], None]) -> None:
         targets = self._targets()
@@ -327,18 +360,19 @@ class _ChunkCopy:
             linger_s=math.inf,
         )
         batch = Batch()
-        skipped = 0
+        skipped = read_bytes = 0
         next_position = self.position
         for records in self._source.read(self.position, policy.max_records):
             kept = [r for r in records if self._source.keep(r)]
             skipped += len(records) - len(kept)
+            read_bytes += sum(r.size_bytes for r in records)
             if kept:
                 processor.process(kept, batch, time.monotonic())
             next_position = records[-1].offset + 1
             if batch.is_due(policy, time.monotonic()):
-                self._flush(writer, targets, batch, skipped, next_position)
-                batch, skipped = Batch(), 0
-        self._flush(writer, targets, batch, skipped, next_position)
+                self._flush(writer, targets, batch, skipped, next_position, read_bytes)
+                batch, skipped, read_bytes = Batch(), 0, 0
+        self._flush(writer, targets, batch, skipped, next_position, read_bytes)
 
     def _flush(
         self,
@@ -347,6 +381,7 @@ class _ChunkCopy:
         batch: Batch,
         skipped: int,
         next_position: int,
+        read_bytes: int,
     ) -> None:
         if not batch.is_empty():
             outcome = writer.flush(batch, targets, offsets=())
@@ -355,6 +390,7 @@ class _ChunkCopy:
             self.counts["skipped"] += skipped
             if self._run_id is not None:
                 self._components.ledger.commit([], [], self._run_id, {"skipped": skipped})
+        self.read_bytes += read_bytes
         self.position = max(self.position, next_position)
         if self._on_progress is not None:
             read = self.counts["consumed"] + self.counts["skipped"]

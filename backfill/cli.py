@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from backfill.reindex import reindex_command
+from backfill.skew import DEFAULT_FACTOR, DEFAULT_MIN_RECORDS, format_rate
 from ingest.cli._common import EXIT_RUNTIME, config_option, fail_cleanly, load
+
+if TYPE_CHECKING:
+    from ingest.ledger import ChunkRow
 
 _PROGRESS = click.Choice(["auto", "bar", "lines", "none"])
 
@@ -58,6 +62,20 @@ def _run_options(func: Any) -> Any:
             show_default=True,
             help="Seconds to wait for a chunk another backfill is running.",
         ),
+        click.option(
+            "--skew-factor",
+            type=click.FloatRange(min=1.0, min_open=True),
+            default=DEFAULT_FACTOR,
+            show_default=True,
+            help="Flag chunks slower per record than this many times the run's median.",
+        ),
+        click.option(
+            "--skew-min-records",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MIN_RECORDS,
+            show_default=True,
+            help="Chunks with fewer records are not judged for skew (their fixed cost rules).",
+        ),
         click.option("--progress", "progress", type=_PROGRESS, default="auto", show_default=True),
         click.option("--log-level", default="WARNING", show_default=True),
         config_option,
@@ -69,6 +87,7 @@ def _run_options(func: Any) -> Any:
 
 def _options(config_path: Path | None, kw: dict[str, Any]) -> Any:
     from backfill.runner import RunOptions
+    from backfill.skew import SkewPolicy
 
     return RunOptions(
         workers=kw["workers"],
@@ -79,6 +98,7 @@ def _options(config_path: Path | None, kw: dict[str, Any]) -> Any:
         lock_wait_s=kw["lock_wait"],
         progress=kw["progress"],
         config_path=str(config_path.resolve()) if config_path is not None else "",
+        skew=SkewPolicy(factor=kw["skew_factor"], min_records=kw["skew_min_records"]),
     )
 
 
@@ -175,10 +195,18 @@ def files(stream_name: str, path_spec: str, config_path: Path | None, **kw: Any)
 @main.command()
 @click.option("--stream", "stream_name", required=True)
 @click.option("--failed", "only_failed", is_flag=True, help="Only chunks that failed.")
+@click.option("--skewed", "only_skewed", is_flag=True, help="Only chunks flagged skewed.")
 @config_option
 @fail_cleanly
-def chunks(stream_name: str, only_failed: bool, config_path: Path | None) -> None:
-    """List the stream's backfill chunks recorded in the ledger."""
+def chunks(
+    stream_name: str, only_failed: bool, only_skewed: bool, config_path: Path | None
+) -> None:
+    """List the stream's backfill chunks recorded in the ledger.
+
+    A finished chunk shows what it cost (duration, records and bytes read, time per
+    record), ``skew=`` its time per record over its run's median, and ``SKEWED`` when its
+    run flagged it (above that run's --skew-factor).
+    """
     from ingest.ledger import PostgresLedger
 
     settings = load(config_path, log_level="WARNING")
@@ -187,13 +215,28 @@ def chunks(stream_name: str, only_failed: bool, config_path: Path | None) -> Non
         ledger.migrate()
         rows = ledger.chunks(stream=stream_name)
     for row in rows:
-        if only_failed and row.status != "failed":
+        if (only_failed and row.status != "failed") or (only_skewed and not row.skewed):
             continue
         counts = " ".join(f"{k}={v}" for k, v in sorted(row.counts.items()))
         error = f" error={row.error}" if row.error else ""
         click.echo(
-            f"{row.status:8} attempts={row.attempts} {row.family} {row.task_id} {counts}{error}"
+            f"{row.status:8} attempts={row.attempts} {row.family} {row.task_id} {counts}"
+            f"{_timing(row)}{error}"
         )
+
+
+def _timing(row: ChunkRow) -> str:
+    """`` duration=… records=… bytes=… per_record=… skew=…x [SKEWED]`` of a finished row."""
+    if row.duration_s is None or row.records is None:
+        return ""
+    rate = row.duration_s / row.records if row.records else None
+    text = (
+        f" duration={row.duration_s:.2f}s records={row.records} bytes={row.read_bytes or 0}"
+        f" per_record={format_rate(rate).replace(' ', '')}"
+    )
+    if row.skew_ratio is not None:
+        text += f" skew={row.skew_ratio:.1f}x"
+    return text + (" SKEWED" if row.skewed else "")
 
 
 @main.command("history-url")

@@ -9,8 +9,10 @@ This is the programmatic API (the ``backfill`` CLI and the reindexer call it):
 Each call starts a ledger run (kind ``backfill``) whose counters every chunk's flushes add to,
 runs the chunk tasks with Luigi (in-process scheduler by default, or a central ``luigid``),
 and returns a :class:`BackfillSummary` built from the ledger: which chunks this run copied,
-which were already done (skipped), which failed and why. Chunks already done are not run
-again; ``force`` marks them for re-run first.
+which were already done (skipped), which failed and why, and which were skewed — far slower
+per record than the run's median (:mod:`backfill.skew`; the verdict is also stored in the
+chunk rows, logged as ``chunk_skewed`` and sent to the scheduler as the task's status
+message). Chunks already done are not run again; ``force`` marks them for re-run first.
 
 The settings passed in are installed for the tasks of this process and its forked workers
 (:func:`backfill.context.use_settings`); they never become Luigi parameters.
@@ -35,10 +37,11 @@ from backfill.context import use_settings
 from backfill.files import check_stream_for_files
 from backfill.kafka_range import parse_instant
 from backfill.progress import LedgerProgress, ProgressMode, make_view
+from backfill.skew import ChunkCost, SkewPolicy, SkewReport, format_rate, judge_skew, render_report
 from backfill.tasks import ChunkTask, file_tasks, kafka_offset_tasks, kafka_time_tasks
 from ingest.avro.catalog import SchemaCatalog
 from ingest.errors import ConfigError
-from ingest.ledger import ChunkRow, PostgresLedger
+from ingest.ledger import ChunkRow, ChunkSkew, PostgresLedger
 from ingest.search.client import connect_search
 from ingest.settings import Settings, StreamSettings
 
@@ -55,6 +58,7 @@ class RunOptions:
     scheduler's ``retry_delay``; a central luigid uses its own). ``lock_wait_s``: how long a
     chunk another backfill holds is waited for. ``config_path`` is handed to the tasks for
     workers that do not inherit this process's settings (other machines on a luigid).
+    ``skew``: which chunks the summary flags as skewed.
     """
 
     workers: int = 1
@@ -65,6 +69,7 @@ class RunOptions:
     lock_wait_s: float = 3600.0
     progress: ProgressMode = "none"
     config_path: str = ""
+    skew: SkewPolicy = field(default_factory=SkewPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +87,8 @@ class BackfillSummary:
     concurrent backfill); ``chunks_failed`` did not finish, each listed in ``failures``.
     Record counts are this run's: ``records_read`` includes ``records_outside_window``
     (records of a chunk's offset range stamped outside its time window, skipped);
-    ``conflicts`` are writes the index already had at an equal or newer version.
+    ``conflicts`` are writes the index already had at an equal or newer version. ``skew``
+    judges the chunks this run ran (None when it ran none).
     """
 
     stream: str
@@ -100,6 +106,7 @@ class BackfillSummary:
     conflicts: int = 0
     duration_s: float = 0.0
     failures: list[ChunkFailure] = field(default_factory=list)
+    skew: SkewReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -120,6 +127,8 @@ class BackfillSummary:
         if self.failures:
             lines.append("failed chunks:")
             lines += [f"  {f.label} [{f.task_id}]: {f.error}" for f in self.failures]
+        if self.skew is not None:
+            lines += render_report(self.skew)
         return lines
 
 
@@ -339,6 +348,7 @@ def _execute(
             with use_settings(settings):
                 scheduler = _build(tasks, opts)
             summary = _summarize(ledger, stream.name, kind, run_id, tasks, scheduler)
+            summary.skew = _judge_chunks(ledger, stream.name, run_id, tasks, opts.skew, scheduler)
             status = "succeeded" if summary.ok else "failed"
         finally:
             if progress is not None:
@@ -354,6 +364,7 @@ def _execute(
             done=summary.chunks_done,
             skipped=summary.chunks_skipped,
             failed=summary.chunks_failed,
+            skewed=len(summary.skew.skewed) if summary.skew is not None else 0,
             duration_s=round(summary.duration_s, 3),
         )
         return summary
@@ -430,6 +441,85 @@ def _luigi_error(scheduler: Any, task_id: str) -> str | None:
     text = str((found or {}).get("error") or "").strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else None
+
+
+def _judge_chunks(
+    ledger: PostgresLedger,
+    stream: str,
+    run_id: int,
+    tasks: Sequence[ChunkTask],
+    policy: SkewPolicy,
+    scheduler: Any,
+) -> SkewReport | None:
+    """Judge the chunks this run finished for skew; store, log and report the verdicts.
+
+    Only rows this run finished count (done or failed, with timing): a chunk skipped as
+    already done was measured by another run, against another median. The verdicts go to
+    the ledger rows, to the log (``chunk_skewed``) and, for the skewed ones, to the
+    scheduler as the task's status message — luigid shows it in its UI and API (its task
+    history database keeps only task events and parameters, never status messages).
+    """
+    labels = {t.task_id: t.label() for t in tasks}
+    rows = _rows(ledger, stream, list(labels))
+    costs = [
+        ChunkCost(tid, labels[tid], row.duration_s, row.records, row.read_bytes or 0)
+        for tid, row in rows.items()
+        if row.run_id == run_id
+        and row.status in {"done", "failed"}
+        and row.duration_s is not None
+        and row.records is not None
+    ]
+    if not costs:
+        return None
+    report = judge_skew(costs, policy)
+    ledger.record_chunk_skew(
+        run_id, [ChunkSkew(v.chunk.task_id, v.ratio, v.skewed) for v in report.verdicts]
+    )
+    for verdict in report.skewed:
+        chunk, params = verdict.chunk, rows[verdict.chunk.task_id].params
+        log.warning(
+            "chunk_skewed",
+            stream=stream,
+            run_id=run_id,
+            task_id=chunk.task_id,
+            chunk=chunk.label,
+            partition=params.get("partition"),
+            window=_window(params),
+            duration_s=round(chunk.duration_s, 3),
+            records=chunk.records,
+            read_bytes=chunk.read_bytes,
+            s_per_record=chunk.s_per_record,
+            median_s_per_record=report.median_s_per_record,
+            ratio=round(verdict.ratio or 0.0, 2),
+            factor=policy.factor,
+        )
+        _tell_scheduler(
+            scheduler,
+            chunk.task_id,
+            f"SKEWED: {format_rate(chunk.s_per_record)}, {verdict.ratio or 0.0:.1f}x the run's"
+            f" median of {format_rate(report.median_s_per_record)} (factor {policy.factor:g});"
+            f" {chunk.records} records in {chunk.duration_s:.2f}s",
+        )
+    return report
+
+
+def _window(params: Mapping[str, Any]) -> str | None:
+    """A chunk's window as ``since..until`` (time chunks) or ``offsets a..b``; else None."""
+    if params.get("since") and params.get("until"):
+        return f"{params['since']}..{params['until']}"
+    if "start_offset" in params and "end_offset" in params:
+        return f"offsets {params['start_offset']}..{params['end_offset']}"
+    return None
+
+
+def _tell_scheduler(scheduler: Any, task_id: str, message: str) -> None:
+    """Set a finished task's status message in the scheduler; a gone scheduler is logged."""
+    if scheduler is None:
+        return
+    try:
+        scheduler.set_task_status_message(task_id, message)
+    except Exception as exc:  # noqa: BLE001 - luigid may be gone; the ledger has the verdict
+        log.warning("scheduler_status_message_failed", task_id=task_id, error=str(exc))
 
 
 def _summarize(

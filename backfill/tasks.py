@@ -49,8 +49,10 @@ from backfill.kafka_range import (
     plan_time_chunks,
     split_windows,
 )
+from backfill.skew import format_rate
 from backfill.targets import LedgerChunkTarget
 from ingest.kafka.ranges import KafkaRangeReader
+from ingest.ledger import ChunkTiming
 from ingest.pipeline.wiring import Components, open_components
 from ingest.settings import Settings, StreamSettings
 
@@ -128,16 +130,19 @@ class ChunkTask(luigi.Task):
             label=self.label(),
             index=self.index or None,
         )
+        progress = _LuigiProgress(self)
         with open_components(settings) as components:
             source = self.make_source(settings, stream, components)
-            run_chunk(
+            result = run_chunk(
                 components,
                 spec,
                 source,
                 run_id=self.run_id if self.run_id >= 0 else None,
                 lock_wait_s=float(BackfillConfig().lock_wait_s),  # type: ignore[no-untyped-call]
-                on_progress=_LuigiProgress(self),
+                on_progress=progress,
             )
+        if result.timing is not None:
+            progress.finished(result.timing)
 
 
 class KafkaTimeChunk(ChunkTask):
@@ -249,6 +254,18 @@ class _LuigiProgress:
             f"{read}/{size} records read, {counts.get('indexed', 0)} indexed, "
             f"{counts.get('dead_lettered', 0)} dead-lettered"
         )
+        self._report(percent, message)
+
+    def finished(self, timing: ChunkTiming) -> None:
+        """The chunk's last word in luigid: what it cost (the run may flag it skewed later)."""
+        rate = timing.duration_s / timing.records if timing.records else None
+        self._report(
+            100,
+            f"done: {timing.records} records ({timing.read_bytes} bytes) read in "
+            f"{timing.duration_s:.2f}s, {format_rate(rate)}",
+        )
+
+    def _report(self, percent: int, message: str) -> None:
         set_percentage = getattr(self._task, "set_progress_percentage", None)
         set_message = getattr(self._task, "set_status_message", None)
         if callable(set_percentage):

@@ -10,7 +10,9 @@ stored form) and ``migrator`` (versioned migrations and worker privileges).
 from ingest.ledger.latency import LatencyWindow
 from ingest.ledger.models import (
     ChunkRow,
+    ChunkSkew,
     ChunkStatus,
+    ChunkTiming,
     DeadLetterRow,
     IndexState,
     IndexVersionRow,
@@ -24,7 +26,9 @@ from ingest.ledger.postgres import PostgresLedger
 
 __all__ = [
     "ChunkRow",
+    "ChunkSkew",
     "ChunkStatus",
+    "ChunkTiming",
     "DeadLetterRow",
     "IndexState",
     "IndexVersionRow",

@@ -1,15 +1,17 @@
 """Backfill chunks: the Luigi tasks' completion, in the ledger rather than in marker files.
 
 A chunk row per task id says whether that partition and time range (or archive file) is
-``done``, ``failed`` or ``running``. While a chunk runs, a session advisory lock on a
-dedicated connection (owned by :class:`~ingest.ledger.base.LedgerBase`, so ``close`` releases
-it) keeps two backfills over overlapping ranges from running it at once, without holding a
-transaction open for the task's duration.
+``done``, ``failed`` or ``running``, and once finished what it cost (duration, records, bytes)
+and the run's verdict on it (``skewed``: far slower per record than the run's median).
+While a chunk runs, a session advisory lock on a dedicated connection (owned by
+:class:`~ingest.ledger.base.LedgerBase`, so ``close`` releases it) keeps two backfills over
+overlapping ranges from running it at once, without holding a transaction open for the
+task's duration.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -19,7 +21,14 @@ from psycopg.types.json import Jsonb
 
 from ingest.ledger.base import LedgerBase
 from ingest.ledger.migrator import chunk_lock_key
-from ingest.ledger.models import CHUNK_STATUSES, ChunkRow, check_counters, scrub_params
+from ingest.ledger.models import (
+    CHUNK_STATUSES,
+    ChunkRow,
+    ChunkSkew,
+    ChunkTiming,
+    check_counters,
+    scrub_params,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +78,9 @@ class ChunkLedger(LedgerBase):
             " started_at, locked_by) VALUES (%s, %s, %s, %s, 'running', 1, now(), %s)"
             " ON CONFLICT (task_id) DO UPDATE SET status = 'running',"
             " attempts = c.attempts + 1, started_at = now(), finished_at = NULL, error = NULL,"
-            " counts = '{{}}'::jsonb, locked_by = EXCLUDED.locked_by, family = EXCLUDED.family,"
+            " counts = '{{}}'::jsonb, duration_s = NULL, records = NULL, read_bytes = NULL,"
+            " run_id = NULL, skew_ratio = NULL, skewed = false,"
+            " locked_by = EXCLUDED.locked_by, family = EXCLUDED.family,"
             " stream = EXCLUDED.stream, params = EXCLUDED.params"
         ).format(t=self._table("backfill_chunks"))
         status_q = sql.SQL("SELECT status FROM {} WHERE task_id = %s FOR UPDATE").format(
@@ -104,18 +115,30 @@ class ChunkLedger(LedgerBase):
         status: str,
         counts: Mapping[str, int] | None = None,
         error: str | None = None,
+        *,
+        timing: ChunkTiming | None = None,
+        run_id: int | None = None,
     ) -> None:
-        """Record the chunk's outcome (``done`` or ``failed``) and release its lock."""
+        """Record the chunk's outcome (``done`` or ``failed``) and release its lock.
+
+        ``timing`` (what the copy cost) and ``run_id`` (the backfill run that ran it) are
+        stored with the outcome, so a run's chunks can be compared afterwards.
+        """
         if status not in CHUNK_STATUSES or status in {"pending", "running"}:
             raise ValueError(f"invalid final chunk status {status!r}")
         query = sql.SQL(
-            "UPDATE {} SET status = %s, counts = %s, error = %s, finished_at = now()"
+            "UPDATE {} SET status = %s, counts = %s, error = %s, finished_at = now(),"
+            " duration_s = %s, records = %s, read_bytes = %s, run_id = %s"
             " WHERE task_id = %s"
         ).format(self._table("backfill_chunks"))
         values = (
             status,
             Jsonb(check_counters(counts)),
             None if error is None else self._redact(error),
+            None if timing is None else timing.duration_s,
+            None if timing is None else timing.records,
+            None if timing is None else timing.read_bytes,
+            run_id,
             task_id,
         )
         with self._chunk_lock:
@@ -131,6 +154,27 @@ class ChunkLedger(LedgerBase):
             if held is not None:
                 held.close()
         log.info("ledger_chunk_finished", task_id=task_id, status=status)
+
+    def record_chunk_skew(self, run_id: int, verdicts: Iterable[ChunkSkew]) -> int:
+        """Store a run's verdict on its chunks; how many rows took it.
+
+        Called once by the backfill that ran them, after every chunk finished. Only rows
+        still finished by ``run_id`` are touched, so a concurrent re-run of a chunk (which
+        clears its timing) is not given this run's verdict.
+        """
+        query = sql.SQL(
+            "UPDATE {} SET skew_ratio = %s, skewed = %s"
+            " WHERE task_id = %s AND run_id = %s AND status IN ('done', 'failed')"
+        ).format(self._table("backfill_chunks"))
+        rows = [(v.ratio, v.skewed, v.task_id, run_id) for v in verdicts]
+        if not rows:
+            return 0
+        updated = 0
+        with self._conn("record_chunk_skew") as conn, conn.transaction(), conn.cursor() as cur:
+            for row in rows:
+                updated += cur.execute(query, row).rowcount
+        log.info("ledger_chunk_skew_recorded", run_id=run_id, chunks=updated)
+        return updated
 
     def release_chunk(self, task_id: str) -> None:
         """Drop the chunk lock without recording an outcome (the row stays ``running``)."""
@@ -158,7 +202,8 @@ class ChunkLedger(LedgerBase):
             family=family,
         )
         query = sql.SQL(
-            "UPDATE {} SET status = 'pending', finished_at = NULL, error = NULL {}"
+            "UPDATE {} SET status = 'pending', finished_at = NULL, error = NULL,"
+            " skew_ratio = NULL, skewed = false {}"
         ).format(self._table("backfill_chunks"), where)
         with self._conn("reset_chunks") as conn:
             count = conn.execute(query, values).rowcount

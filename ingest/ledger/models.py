@@ -147,6 +147,42 @@ class ChunkRow:
     finished_at: datetime | None
     error: str | None
     locked_by: str | None
+    #: Set when the chunk finished (see :class:`ChunkTiming`); None before, or for a row
+    #: finished without timing (a reindex's lock row).
+    duration_s: float | None = None
+    records: int | None = None
+    read_bytes: int | None = None
+    run_id: int | None = None
+    #: Time per record over the run's median; None when the run did not judge this chunk.
+    skew_ratio: float | None = None
+    skewed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTiming:
+    """What a finished chunk cost: the copy's wall time and what it read.
+
+    ``records`` counts every source record read, those outside the chunk's time window too
+    (reading them took time); ``read_bytes`` is their raw key + value size. Together they
+    let a run compare chunks of different sizes by time per record.
+    """
+
+    duration_s: float
+    records: int
+    read_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.duration_s < 0 or self.records < 0 or self.read_bytes < 0:
+            raise ValueError(f"chunk timing must not be negative: {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSkew:
+    """A run's verdict on one of its chunks: time per record over the run's median."""
+
+    task_id: str
+    ratio: float | None
+    skewed: bool
 
 
 def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> list[list[str | None]]:

@@ -15,7 +15,7 @@ from ingest.avro.catalog import SchemaCatalog
 from ingest.avro.codec import AvroCodec
 from ingest.dev.samples import sample_orders
 from ingest.errors import ConfigError, RetriesExhausted, TransientError
-from ingest.ledger import ChunkRow
+from ingest.ledger import ChunkRow, ChunkTiming
 from ingest.pipeline.wiring import Components
 from ingest.settings import RuntimeSettings, Settings, StreamSettings
 from ingest.types import DeadLetter, RawRecord
@@ -71,8 +71,13 @@ class FakeLedger:
         status: str,
         counts: Mapping[str, int] | None = None,
         error: str | None = None,
+        *,
+        timing: ChunkTiming | None = None,
+        run_id: int | None = None,
     ) -> None:
-        self.rows[task_id].update(status=status, counts=dict(counts or {}), error=error)
+        self.rows[task_id].update(
+            status=status, counts=dict(counts or {}), error=error, timing=timing, run_id=run_id
+        )
 
     def release_chunk(self, task_id: str) -> None:
         return None
@@ -124,7 +129,8 @@ class FakeSearch:
 
 class ListSource:
     """Records in memory; raises TransientError once per entry of ``fail_at`` when a read
-    reaches that offset; keeps records with timestamps in ``window``."""
+    reaches that offset (every time from ``fail_from`` on); keeps records with timestamps in
+    ``window``."""
 
     def __init__(
         self,
@@ -132,11 +138,13 @@ class ListSource:
         *,
         fail_at: Sequence[int] = (),
         always_fail: bool = False,
+        fail_from: int | None = None,
         window: tuple[int, int] | None = None,
     ) -> None:
         self.records = records
         self.fail_at = list(fail_at)
         self.always_fail = always_fail
+        self.fail_from = fail_from
         self.window = window
         self.start = 0
         self.size = len(records)
@@ -147,6 +155,8 @@ class ListSource:
         rest = [r for r in self.records if r.offset >= position]
         for i in range(0, len(rest), batch_records):
             batch = rest[i : i + batch_records]
+            if self.fail_from is not None and batch[-1].offset >= self.fail_from:
+                raise TransientError("broker went away for good")
             if self.always_fail or (self.fail_at and batch[-1].offset >= self.fail_at[0]):
                 if self.fail_at:
                     self.fail_at.pop(0)
@@ -205,6 +215,51 @@ def test_copies_the_window_in_batches_and_records_done_with_counts() -> None:
     assert {c[1] for c in ledger.commits} == {7}
     assert sum(c[2].get("skipped", 0) for c in ledger.commits) == 4
     assert progress == sorted(progress) and progress[-1] == 12
+
+
+class StepClock:
+    """A monotonic clock that moves ``step_s`` on every reading."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now = 100.0
+        self.step_s = step_s
+
+    def __call__(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+def test_the_finished_row_records_duration_records_and_bytes_read() -> None:
+    """Records outside the window count as read (reading them took time); bytes are raw
+    key + value bytes; the duration is the copy's, from the injected clock."""
+    ledger, search = FakeLedger(), FakeSearch()
+    records = _records(12, corrupt=[4])
+    result = _run(
+        _components(ledger, search),
+        ListSource(records, window=(2, 10)),
+        clock=StepClock(1.5),
+    )
+    row = ledger.rows["task-1"]
+    expected = ChunkTiming(1.5, 12, sum(len(r.key or b"") + len(r.value or b"") for r in records))
+    assert row["timing"] == expected and result.timing == expected
+    assert row["run_id"] == 7
+
+
+def test_a_failed_chunk_records_what_it_read_before_failing() -> None:
+    """Only flushed records count, so a re-read after a retry is not counted twice."""
+    ledger, search = FakeLedger(), FakeSearch()
+    records = _records(12)
+    with pytest.raises(RetriesExhausted):
+        _run(
+            _components(ledger, search, max_retry_s=0.05),
+            ListSource(records, fail_from=7),
+            clock=StepClock(2.0),
+        )
+    row = ledger.rows["task-1"]
+    assert row["status"] == "failed"
+    timing = row["timing"]
+    assert timing.records == 5 and timing.duration_s == 2.0
+    assert timing.read_bytes == sum(r.size_bytes for r in records[:5])
 
 
 def test_a_transient_failure_resumes_from_the_last_flush() -> None:
