@@ -25,7 +25,7 @@ from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
 from ingest.errors import ConfigError, FencedError, TransientError
-from ingest.ledger import OffsetCommit, PostgresLedger
+from ingest.ledger import ChunkSkew, ChunkTiming, OffsetCommit, PostgresLedger
 from ingest.ledger.migrator import load_migrations
 from ingest.settings import LedgerSettings
 from ingest.types import DeadLetter, RawRecord
@@ -461,6 +461,37 @@ def test_chunk_lock_is_exclusive_across_connections(
     assert [c.task_id for c in a.chunks(stream="orders")] == ["t1"]
     assert a.chunks(family="Nope") == []
     assert a.chunk("missing") is None
+
+
+def test_chunk_timing_and_the_run_verdict_are_stored_and_cleared_by_a_rerun(
+    ledger: PostgresLedger,
+) -> None:
+    """A finished chunk keeps its cost and run; the run's verdict lands only on rows that run
+    still owns; re-taking the chunk clears both."""
+    for task_id in ("t1", "t2"):
+        assert ledger.try_lock_chunk(task_id, "KafkaTimeChunk", "orders", {}, "w run 5")
+        ledger.finish_chunk(
+            task_id, "done", {"consumed": 30}, timing=ChunkTiming(6.5, 60, 13_411), run_id=5
+        )
+    row = ledger.chunk("t1")
+    assert row is not None
+    assert (row.duration_s, row.records, row.read_bytes, row.run_id) == (6.5, 60, 13_411, 5)
+    assert (row.skew_ratio, row.skewed) == (None, False)
+    verdicts = [ChunkSkew("t1", 12.5, True), ChunkSkew("t2", 1.0, False)]
+    assert ledger.record_chunk_skew(6, verdicts) == 0  # another run's verdict: not applied
+    assert ledger.record_chunk_skew(5, verdicts) == 2
+    by_id = {r.task_id: r for r in ledger.chunks(stream="orders")}
+    assert (by_id["t1"].skew_ratio, by_id["t1"].skewed) == (12.5, True)
+    assert (by_id["t2"].skew_ratio, by_id["t2"].skewed) == (1.0, False)
+    assert ledger.reset_chunks("orders", task_ids=["t1"]) == 1
+    assert ledger.try_lock_chunk("t1", "KafkaTimeChunk", "orders", {}, "w run 7")
+    rerun = ledger.chunk("t1")
+    assert rerun is not None and rerun.status == "running"
+    assert (rerun.duration_s, rerun.records, rerun.run_id) == (None, None, None)
+    assert not rerun.skewed
+    ledger.finish_chunk("t1", "failed", {}, error="boom")  # no timing: a reindex's lock row
+    failed = ledger.chunk("t1")
+    assert failed is not None and failed.duration_s is None and failed.skew_ratio is None
 
 
 def test_chunk_lock_race_has_one_winner(open_ledger: Callable[..., PostgresLedger]) -> None:

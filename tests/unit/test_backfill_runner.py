@@ -7,7 +7,15 @@ import datetime as dt
 import pytest
 
 from backfill.history import luigi_cfg_value, sqlalchemy_url
-from backfill.runner import BackfillSummary, ChunkFailure, RunOptions, _instant_ms, _with_workers
+from backfill.runner import (
+    BackfillSummary,
+    ChunkFailure,
+    RunOptions,
+    _instant_ms,
+    _window,
+    _with_workers,
+)
+from backfill.skew import ChunkCost, SkewPolicy, judge_skew
 from ingest.errors import ConfigError
 
 
@@ -39,6 +47,43 @@ def test_the_summary_names_every_failed_chunk_and_why() -> None:
         "  orders p1 a..b [KafkaTimeChunk_x]: RetriesExhausted: boom",
     ]
     assert BackfillSummary(stream="orders", kind="files", run_id=None, chunks_total=0).ok
+
+
+def test_the_summary_ends_with_the_skewed_and_slowest_chunks() -> None:
+    """The chunk-timing lines follow the failures; a summary without a judgement has none."""
+    skew = judge_skew(
+        [
+            ChunkCost("T_a", "orders p0 a..b", 1.0, 100),
+            ChunkCost("T_b", "orders p1 a..b", 9.0, 100),
+            ChunkCost("T_c", "orders p0 b..c", 1.0, 100),
+        ],
+        SkewPolicy(min_records=10, top=1),
+    )
+    summary = BackfillSummary(
+        stream="orders", kind="kafka", run_id=4, chunks_total=3, chunks_done=3, skew=skew
+    )
+    assert summary.render()[2:] == [
+        "chunk timing: median 10.00 ms/record over 3 chunks of 10+ records; "
+        "skewed = over 3x the median",
+        "skewed chunks (1):",
+        "  orders p1 a..b: 9.00s, 100 records, 0 bytes, 90.00 ms/record (9.0x the median)"
+        " SKEWED [T_b]",
+        "slowest chunks (top 1):",
+        "  orders p1 a..b: 9.00s, 100 records, 0 bytes, 90.00 ms/record (9.0x the median) SKEWED",
+    ]
+    assert RunOptions().skew == SkewPolicy()
+
+
+@pytest.mark.parametrize(
+    ("params", "window"),
+    [
+        ({"partition": "1", "since": "A", "until": "B"}, "A..B"),
+        ({"partition": "1", "start_offset": "0", "end_offset": "50"}, "offsets 0..50"),
+        ({"path": "/x.avro", "sha256": "ab"}, None),
+    ],
+)
+def test_the_skew_event_names_the_chunk_window(params: dict[str, str], window: str | None) -> None:
+    assert _window(params) == window
 
 
 def test_workers_argument_and_options() -> None:
