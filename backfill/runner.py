@@ -453,8 +453,10 @@ def _judge_chunks(
 ) -> SkewReport | None:
     """Judge the chunks this run finished for skew; store, log and report the verdicts.
 
-    Only rows this run finished count (done or failed, with timing): a chunk skipped as
-    already done was measured by another run, against another median. The verdicts go to
+    Only chunks this run copied count (``done`` by this run, with timing): a chunk skipped
+    as already done was measured by another run, against another median, and a failed
+    chunk's time is mostly its retry budget running out — it is listed with its error
+    instead, its timing kept in its row but not judged. The verdicts go to
     the ledger rows, to the log (``chunk_skewed``) and, for the skewed ones, to the
     scheduler as the task's status message — luigid shows it in its UI and API (its task
     history database keeps only task events and parameters, never status messages).
@@ -465,7 +467,7 @@ def _judge_chunks(
         ChunkCost(tid, labels[tid], row.duration_s, row.records, row.read_bytes or 0)
         for tid, row in rows.items()
         if row.run_id == run_id
-        and row.status in {"done", "failed"}
+        and row.status == "done"
         and row.duration_s is not None
         and row.records is not None
     ]

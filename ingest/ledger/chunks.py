@@ -164,7 +164,7 @@ class ChunkLedger(LedgerBase):
         """
         query = sql.SQL(
             "UPDATE {} SET skew_ratio = %s, skewed = %s"
-            " WHERE task_id = %s AND run_id = %s AND status IN ('done', 'failed')"
+            " WHERE task_id = %s AND run_id = %s AND status = 'done'"
         ).format(self._table("backfill_chunks"))
         rows = [(v.ratio, v.skewed, v.task_id, run_id) for v in verdicts]
         if not rows:

@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from ingest.latency import measure_flush
-from ingest.ledger import PostgresLedger
+from ingest.ledger import ChunkSkew, ChunkTiming, PostgresLedger
 from ingest.settings import Settings
 from ingest.types import DeadLetter, IndexAction, RawRecord
 
@@ -76,9 +76,16 @@ def _populate(ledger: PostgresLedger, dsn: str) -> dict[str, Any]:
     ledger.commit([], decode + index, live)
     ledger.commit([], decode[:1], live)  # the same record refused again: attempts 2
 
+    # The failed backfill's chunks: c3 took ten times the others' time per record, and
+    # the run flagged it; c4 failed and has no timing (as a row from before timing existed).
     for n, task in enumerate(("c0", "c1", "c2", "c3")):
         assert ledger.try_lock_chunk(task, "KafkaRangeChunk", "orders", {"partition": n}, "w")
-        ledger.finish_chunk(task, "done", {"consumed": 100, "indexed": 100})
+        timing = ChunkTiming(20.0 if task == "c3" else 2.0, 100, 6_400)
+        ledger.finish_chunk(
+            task, "done", {"consumed": 100, "indexed": 100}, timing=timing, run_id=failed
+        )
+    verdicts = [ChunkSkew(t, 1.0, False) for t in ("c0", "c1", "c2")]
+    ledger.record_chunk_skew(failed, [*verdicts, ChunkSkew("c3", 10.0, True)])
     assert ledger.try_lock_chunk("c4", "KafkaRangeChunk", "orders", {"partition": 4}, "w")
     ledger.finish_chunk("c4", "failed", {"consumed": 10}, error="boom")
 
@@ -104,11 +111,11 @@ def _populate(ledger: PostgresLedger, dsn: str) -> dict[str, Any]:
             (failed,),
         )
         chunks = sql.Identifier(ledger.schema, "backfill_chunks")
+        # c4 has no duration_s: the recipes fall back to its timestamps.
         conn.execute(
-            sql.SQL(
-                "UPDATE {} SET started_at = finished_at - make_interval(secs =>"
-                " CASE task_id WHEN 'c3' THEN 20 ELSE 2 END)"
-            ).format(chunks)
+            sql.SQL("UPDATE {} SET started_at = finished_at - make_interval(secs => 2)").format(
+                chunks
+            )
         )
     return ids
 
@@ -167,7 +174,7 @@ def _common_reasons(rows: list[dict[str, Any]], ids: dict[str, Any]) -> None:
 
 def _chunk_durations(rows: list[dict[str, Any]], ids: dict[str, Any]) -> None:
     (row,) = rows
-    assert (row["done"], row["failed"], row["records"]) == (4, 1, 410)
+    assert (row["done"], row["failed"], row["records"], row["read_bytes"]) == (4, 1, 410, 25_600)
     assert row["p50_s"] == Decimal("2.00") and row["max_s"] == Decimal("20.00")
 
 
@@ -176,6 +183,8 @@ def _skewed_chunks(rows: list[dict[str, Any]], ids: dict[str, Any]) -> None:
     assert rows[0]["x_median"] == Decimal("10.0")
     assert {r["x_median"] for r in rows[1:]} == {Decimal("1.0")}
     assert rows[0]["params"] == {"partition": 3}
+    assert rows[0]["run_id"] == ids["failed"] and rows[0]["read_bytes"] == 6_400
+    assert [r["task_id"] for r in rows if r["skewed"]] == ["c3"]
     assert "c4" not in {r["task_id"] for r in rows}, "failed chunks have no meaningful time"
 
 
