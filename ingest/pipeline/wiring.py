@@ -44,8 +44,10 @@ class Components:
 
     def close(self) -> None:
         self.search.close()
-        self.ledger.record_credential_loads()
-        self.ledger.close()
+        try:
+            self.ledger.record_credential_loads()  # loads since the last periodic write
+        finally:
+            self.ledger.close()
 
 
 @contextmanager

@@ -18,13 +18,11 @@ that is not the secret, and no secret appears in the daemon's output or any ledg
 
 from __future__ import annotations
 
-import base64
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -46,28 +44,13 @@ from tests.support.daemon import (
     settings_document,
     wait_for,
 )
+from tests.support.secrets import rotate_file, secret_forms
 
 pytestmark = pytest.mark.integration
 
 
 def _secret(tag: str) -> str:
     return f"{tag}-{uuid.uuid4().hex}"
-
-
-def _replace(path: Path, value: str) -> None:
-    """Write the new value beside the file and rename it over, as rotating agents do."""
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_text(value + "\n")
-    tmp.replace(path)
-
-
-def _forms(secret: str) -> set[str]:
-    return {
-        secret,
-        quote(secret, safe=""),
-        secret.encode().hex(),
-        base64.b64encode(secret.encode()).decode(),
-    }
 
 
 def _ledger_text(dsn: str, schema: str) -> str:
@@ -112,7 +95,7 @@ def _readme_recipe(schema: str) -> str:
 
 def _assert_no_secret(secrets: list[str], *texts: str) -> None:
     for secret in secrets:
-        for form in _forms(secret):
+        for form in secret_forms(secret):
             for text in texts:
                 assert form not in text, "a secret leaked"
 
@@ -165,7 +148,7 @@ def test_search_credential_rotates_under_a_running_daemon(
         daemon = DaemonProcess(config, tmp_path / "d.log")
         try:
             wait_for(caught_up(settings, end_offsets(settings)), 120, "catch-up before rotation")
-            _replace(secret_file, new)
+            rotate_file(secret_file, new)
             proxy.accept_only(header(new))
             second = run_produce(settings, "orders", 200, seed=2)
             ends = end_offsets(settings)
@@ -268,7 +251,7 @@ def test_ledger_password_rotates_under_a_running_daemon(
         )
         assert ledger_offsets(watch) != {p: e for p, e in ends.items() if e > 0}
         time.sleep(1)
-        _replace(dsn_file, role_dsn(new))  # ... until the agent writes the new DSN
+        rotate_file(dsn_file, role_dsn(new))  # ... until the agent writes the new DSN
         wait_for(caught_up(watch, ends), 120, "catch-up after rotation")
         time.sleep(3)  # the supervisor writes queued credential loads every 2 s
     finally:

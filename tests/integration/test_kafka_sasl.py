@@ -13,7 +13,6 @@ value. The rebuild itself (flush, close, join again) is tested at the worker's s
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from ingest.kafka.auth import KafkaCredentials
 from ingest.kafka.config import consumer_config
 from ingest.settings import KafkaSettings, RuntimeSettings, Settings
 from tests.support.daemon import wait_for
+from tests.support.secrets import rotate_file
 
 pytestmark = pytest.mark.integration
 
@@ -105,9 +105,7 @@ def test_a_refused_sasl_password_is_replaced_from_its_file(
 
             wait_for(refused, 30, "the broker to refuse the SCRAM handshake")
         assert creds.renewal_due() is False  # same password in the file: nothing to rebuild
-        tmp = password.with_name("sasl-password.new")
-        tmp.write_text("second-password\n")
-        os.replace(tmp, password)
+        rotate_file(password, "second-password")
 
         def renewal() -> bool:
             consumer.consume(1, 0.2)

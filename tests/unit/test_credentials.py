@@ -27,6 +27,7 @@ from ingest.ledger.base import LedgerBase
 from ingest.search.auth import SearchAuth
 from ingest.search.client import SearchAuthError, SearchClient
 from ingest.settings import SearchSettings, load_settings
+from tests.support.secrets import rotate_file
 
 
 class Clock:
@@ -39,13 +40,6 @@ class Clock:
 
 def _secret(path: Path, clock: Clock, registry: CredentialRegistry) -> FileSecret:
     return FileSecret("search.password", path, check_every_s=1.0, registry=registry, clock=clock)
-
-
-def _replace(path: Path, value: str) -> None:
-    """Write a new file and rename it over the old one, as rotating agents do."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(value + "\n")
-    os.replace(tmp, path)
 
 
 def test_first_load_is_audited_without_the_value(tmp_path: Path) -> None:
@@ -76,7 +70,7 @@ def test_a_changed_file_is_seen_at_the_next_check(tmp_path: Path) -> None:
     clock, registry = Clock(), CredentialRegistry()
     secret = _secret(path, clock, registry)
     assert secret.current() == "old"
-    _replace(path, "new")
+    rotate_file(path, "new")
     clock.now += 0.5
     assert secret.current() == "old"
     clock.now += 0.6
@@ -87,12 +81,13 @@ def test_a_changed_file_is_seen_at_the_next_check(tmp_path: Path) -> None:
 def test_a_replaced_file_with_the_same_size_and_mtime_is_seen(tmp_path: Path) -> None:
     """A new inode counts as a change even when size and mtime are equal."""
     path = tmp_path / "pw"
-    path.write_text("aaaa")
+    path.write_text("aaaa\n")
     clock, registry = Clock(), CredentialRegistry()
     secret = _secret(path, clock, registry)
     secret.current()
     mtime = path.stat().st_mtime_ns
-    _replace(path, "bbbb")
+    rotate_file(path, "bbbb")
+    assert path.stat().st_size == 5
     os.utime(path, ns=(mtime, mtime))
     clock.now += 2
     assert secret.current() == "bbbb"
@@ -106,7 +101,7 @@ def test_reload_after_a_refusal(tmp_path: Path) -> None:
     secret = _secret(path, clock, registry)
     secret.current()
     assert secret.reload() is False
-    _replace(path, "two")
+    rotate_file(path, "two")
     assert secret.reload() is True
     assert secret.current() == "two"
     assert [x.reason for x in registry.take_pending_loads()] == ["start", "refused"]
@@ -222,7 +217,7 @@ def test_search_request_refused_is_resent_with_a_rotated_token(tmp_path: Path) -
     backend = _Backend(auth, accept="Bearer new")
     client = SearchClient("opensearch", backend, "http://x", auth=auth)
     auth.header()
-    _replace(token, "new")
+    rotate_file(token, "new")
     with capture_logs() as logs:
         assert client.request("GET", "/") == {"ok": True}
     assert backend.sent == ["Bearer old", "Bearer new"]
@@ -263,7 +258,7 @@ def test_ledger_connect_refused_retries_with_a_rotated_dsn(tmp_path: Path) -> No
     dsn_file.write_text("postgresql://u:old@h:1/d")
     ledger = _bare_ledger(dsn_file)
     ledger._dsn_source.current()
-    _replace(dsn_file, "postgresql://u:new@h:1/d")
+    rotate_file(dsn_file, "postgresql://u:new@h:1/d")
     tried: list[str] = []
 
     def connect(dsn: str, **_: Any) -> str:

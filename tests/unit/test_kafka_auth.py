@@ -8,7 +8,6 @@ driven at the seam: the client's ``error_cb`` receives librdkafka's own
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from structlog.testing import capture_logs
 from ingest.daemon.worker import StreamWorker
 from ingest.kafka.auth import KafkaCredentials
 from ingest.settings import KafkaSettings, Settings, StreamSettings
+from tests.support.secrets import rotate_file
 
 
 def _settings(path: Path) -> Settings:
@@ -25,12 +25,6 @@ def _settings(path: Path) -> Settings:
         kafka=KafkaSettings(client_files={"sasl.password": str(path)}),
         runtime={"credential_check_s": 3600},  # type: ignore[arg-type]
     )
-
-
-def _replace(path: Path, value: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(value)
-    os.replace(tmp, path)
 
 
 def _refused() -> KafkaError:
@@ -44,7 +38,7 @@ def test_refusal_with_a_rotated_file_makes_a_renewal_due(tmp_path: Path) -> None
     creds = KafkaCredentials(_settings(path))
     assert creds.properties() == {"sasl.password": "old"}
     assert creds.renewal_due() is False
-    _replace(path, "new")
+    rotate_file(path, "new")
     assert creds.renewal_due() is False  # not refused: the live client keeps its session
     creds.error_cb(_refused())
     with capture_logs() as logs:
@@ -68,7 +62,7 @@ def test_other_client_errors_are_not_refusals(tmp_path: Path) -> None:
     path.write_text("old")
     creds = KafkaCredentials(_settings(path))
     creds.properties()
-    _replace(path, "new")
+    rotate_file(path, "new")
     creds.error_cb(KafkaError(KafkaError._TRANSPORT, "broker down"))
     assert creds.renewal_due() is False
 
