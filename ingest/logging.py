@@ -40,7 +40,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from ingest.settings import is_secret_key, redact_dsn
+from ingest.credentials import REGISTRY
+from ingest.settings import dsn_secret, is_secret_key, redact_dsn
 
 MASK = "***"
 
@@ -194,6 +195,19 @@ class Redactor:
             event_dict["exception"] = new
 
 
+#: The redactor in use (the last one configured), told of every credential value put in
+#: force after start-up: a rotated password must be masked like the one the settings held.
+_REDACTOR: list[Redactor] = []
+
+
+def _learn_secret(value: str) -> None:
+    for redactor in _REDACTOR:
+        redactor.add_secrets([value, dsn_secret(value) or ""])
+
+
+REGISTRY.on_new_value(_learn_secret)
+
+
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str, option=orjson.OPT_NON_STR_KEYS).decode()
 
@@ -203,12 +217,14 @@ def configure_logging(
 ) -> None:
     """Route structlog and stdlib logging through one redacting renderer."""
     as_json = (not sys.stderr.isatty()) if json is None else json
+    redactor = Redactor(secrets)
+    _REDACTOR[:] = [redactor]
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        Redactor(secrets),
+        redactor,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_orjson_dumps)

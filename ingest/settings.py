@@ -114,6 +114,11 @@ class SearchSettings(_Frozen):
     password: SecretStr | None = None
     api_key: SecretStr | None = None
     bearer_token: SecretStr | None = None
+    #: Where ``password`` / ``api_key`` / ``bearer_token`` came from, when a file: re-read
+    #: when it changes or the server answers 401/403 (see :mod:`ingest.credentials`).
+    password_file: Path | None = None
+    api_key_file: Path | None = None
+    bearer_token_file: Path | None = None
     ca_file: Path | None = None
     verify_certs: bool = True
     #: Client-certificate authentication (PEM); the key may be in the certificate file.
@@ -175,6 +180,8 @@ def _http_url_scheme(url: str, key: str) -> str:
 
 class LedgerSettings(_Frozen):
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    #: Where ``dsn`` came from, when a file: re-read when it changes or PostgreSQL refuses it.
+    dsn_file: Path | None = None
     schema_name: str = Field(default="ingest", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     connect_timeout_s: float = Field(default=10.0, gt=0)
     #: How long a delete is remembered in the ledger (30 days). A write older than a delete
@@ -421,6 +428,9 @@ class RuntimeSettings(_Frozen):
     #: How often a daemon looks in the ledger for an index version being built.
     index_poll_s: float = Field(default=2.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: How often a credential file is checked for a change (one ``stat``); a refusal by the
+    #: server re-reads it at once whatever this says.
+    credential_check_s: float = Field(default=1.0, gt=0)
     #: Loopback by default; ``0.0.0.0`` in a container so probes and Prometheus reach it.
     metrics_host: str = "127.0.0.1"
 
@@ -669,6 +679,16 @@ _FILE_KEYS = {
 }
 
 
+#: File-backed keys whose file stays known after loading, so the secret can be re-read
+#: while the process runs (the others are used once, when a client is built).
+_ROTATING_FILE_KEYS = {
+    ("search", "password"),
+    ("search", "api_key"),
+    ("search", "bearer_token"),
+    ("ledger", "dsn"),
+}
+
+
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = data
@@ -691,12 +711,18 @@ def _resolve_file_keys(data: dict[str, Any]) -> None:
             table[key] = _read_secret_file(path, f"{section}.{key}").get_secret_value()
         except ValueError as exc:
             raise ConfigError(f"config error: {section}.{key}_file: {exc}") from None
+        if (section, key) in _ROTATING_FILE_KEYS:
+            table[f"{key}_file"] = path
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for var, dotted in ENV_OVERRIDES.items():
+        rotating = tuple(dotted.split(".")) in _ROTATING_FILE_KEYS
         if var in env:
             _set_dotted(data, dotted, env[var])
+            if rotating:  # an inline value wins over a file named in the TOML file
+                section, key = dotted.split(".")
+                data[section].pop(f"{key}_file", None)
         elif f"{var}_FILE" in env:
             path = env[f"{var}_FILE"]
             try:
@@ -705,6 +731,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
                 raise ConfigError(
                     f"config error: {var}_FILE: cannot read {path!r}: {exc.strerror}"
                 ) from None
+            if rotating:
+                _set_dotted(data, f"{dotted}_file", path)
 
 
 def _format_loc(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:

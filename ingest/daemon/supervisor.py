@@ -18,13 +18,16 @@ import structlog
 from ingest.daemon.health import Health, serve
 from ingest.daemon.metrics import Metrics
 from ingest.daemon.worker import StreamWorker
-from ingest.errors import ConfigError, FatalError, TransientError
+from ingest.errors import ConfigError, FatalError, IngestError, TransientError
 from ingest.kafka.ranges import KafkaRangeReader
 from ingest.kafka.topics import missing_topic_message
 from ingest.pipeline.wiring import Components, open_components
 from ingest.settings import Settings, StreamSettings
 
 log = structlog.get_logger(__name__)
+
+#: How often credential loads queued by the workers are written to the ledger.
+CREDENTIAL_AUDIT_EVERY_S = 2.0
 
 
 def check_topics(settings: Settings, streams: Sequence[StreamSettings]) -> None:
@@ -99,8 +102,12 @@ class Daemon:
         ]
         for t in threads:
             t.start()
+        audited = time.monotonic()
         while any(t.is_alive() for t in threads) and not self.stop.is_set():
             time.sleep(0.2)
+            if time.monotonic() - audited >= CREDENTIAL_AUDIT_EVERY_S:
+                audited = time.monotonic()
+                self._record_credential_loads(components)
         self.stop.set()
         self.health.shutting_down()
         deadline = time.monotonic() + self.settings.runtime.shutdown_timeout_s
@@ -110,6 +117,14 @@ class Daemon:
             log.error("shutdown_timed_out", timeout_s=self.settings.runtime.shutdown_timeout_s)
             return False
         return True
+
+    @staticmethod
+    def _record_credential_loads(components: Components) -> None:
+        """Credentials re-read while running (rotated) reach the ledger within seconds."""
+        try:
+            components.ledger.record_credential_loads()
+        except IngestError as exc:
+            log.warning("credential_loads_not_recorded", error=str(exc))
 
     def _run_worker(self, stream: StreamSettings, components: Components) -> None:
         try:

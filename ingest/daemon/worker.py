@@ -33,6 +33,7 @@ import structlog
 from ingest.daemon.health import Health
 from ingest.daemon.metrics import Metrics
 from ingest.errors import FencedError, IngestError, TransientError
+from ingest.kafka.auth import KafkaCredentials
 from ingest.kafka.config import consumer_config
 from ingest.kafka.consumer import KafkaSource
 from ingest.ledger import OffsetCommit
@@ -87,6 +88,7 @@ class StreamWorker:
         self._batch = Batch()
         self._generations: dict[int, int] = {}
         self._source: KafkaSource | None = None
+        self._kafka_auth = KafkaCredentials(settings)
         #: Cumulative flush counters of this worker (the ledger run row adds the same).
         self.totals: Counter[str] = Counter()
         self._summarised = 0
@@ -131,6 +133,8 @@ class StreamWorker:
 
     def _new_source(self) -> KafkaSource:
         conf = consumer_config(self.settings, self.group, **{"client.id": self.owner})
+        conf.update(self._kafka_auth.properties())
+        conf["error_cb"] = self._kafka_auth.error_cb
         source = KafkaSource(
             conf,
             self.stream.topic,
@@ -173,6 +177,8 @@ class StreamWorker:
                     if self._batch.is_due(self._policy, now):
                         self._flush()
                         flushed_from = now
+                    if self._kafka_auth.renewal_due():
+                        self._renew_source()
                 except FencedError as exc:
                     self._rejoin(exc)
                 if now - last_route >= rt.index_poll_s:
@@ -209,6 +215,23 @@ class StreamWorker:
         self._batch = Batch()
         self._generations.clear()
         source, self._source = self._source, None
+        if source is not None:
+            source.close()
+        self._source = self._new_source()
+
+    def _renew_source(self) -> None:
+        """The broker refused our SASL credentials and their files hold new ones: rebuild
+        the consumer, which librdkafka cannot re-key in place.
+
+        What is buffered is flushed first, in the one order (sink write -> ledger -> Kafka
+        commit, which may fail now and only matters to lag tools); a failed flush raises
+        as any flush does, committing nothing. The new consumer joins the group and seeks
+        to the ledger's offsets, so nothing is skipped, re-committed or committed early.
+        """
+        log.warning("kafka_client_rebuilt", stream=self.stream.name, reason="credentials")
+        self._flush()
+        source, self._source = self._source, None
+        self._generations.clear()
         if source is not None:
             source.close()
         self._source = self._new_source()

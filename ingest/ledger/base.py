@@ -14,6 +14,9 @@ releases all of them in one place. It also owns the boundary rules the record-ki
 - every text value is stored without NUL (:mod:`ingest.ledger.text`, through the
   connections' adapters), so outside text such as a server's error reason cannot make a
   flush fail;
+- the DSN may rotate (:mod:`ingest.credentials`): every new connection — the pool's and the
+  dedicated ones — takes the DSN in force, and a connection that fails re-reads the DSN's
+  file and connects once more if that changed it (see :meth:`LedgerBase._open`);
 - every query with optional filters builds its WHERE clause with :meth:`LedgerBase._filters`,
   so "no filter" and "filter on None" mean the same thing everywhere.
 """
@@ -23,10 +26,10 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import psycopg
 import structlog
@@ -35,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ingest.credentials import CredentialError, Secret, StaticSecret, file_secret
 from ingest.errors import ConfigError, FatalError, IngestError, TransientError
 from ingest.ledger.text import ledger_adapters
 from ingest.settings import LedgerSettings, dsn_secret, redact_dsn
@@ -44,6 +48,7 @@ log = structlog.get_logger(__name__)
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 Conn = psycopg.Connection[Any]
+C = TypeVar("C")
 
 #: One extra WHERE condition and the values for its placeholders, for :meth:`LedgerBase._filters`.
 Condition = tuple[sql.Composable, Sequence[Any]]
@@ -60,7 +65,7 @@ class LedgerBase:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | Secret,
         schema: str = "ingest",
         *,
         max_size: int = 4,
@@ -71,9 +76,15 @@ class LedgerBase:
             raise ConfigError(
                 f"invalid ledger schema name {schema!r}: use lowercase letters, digits and _"
             )
-        self._dsn = dsn
+        self._dsn_source: Secret = StaticSecret("ledger.dsn", dsn) if isinstance(dsn, str) else dsn
+        try:
+            dsn = self._dsn_source.current()
+        except CredentialError as exc:
+            raise ConfigError(f"config error: {exc}") from None
         self._schema = schema
-        self._secret = dsn_secret(dsn)
+        #: DSN passwords seen by this ledger (the one in force and earlier ones), for redaction.
+        self._secrets: set[str] = set()
+        self._note_secret(dsn)
         self._connect_timeout_s = connect_timeout_s
         self._statement_timeout_ms = max(1, int(statement_timeout_s * 1000))
         try:
@@ -96,8 +107,18 @@ class LedgerBase:
         self._chunk_conns: dict[str, Conn] = {}
         self._chunk_lock = threading.Lock()
         self._probe()
+        ledger = self
+
+        class LedgerConnection(psycopg.Connection[Any]):
+            """Connects with the DSN in force, whatever conninfo the pool passes."""
+
+            @classmethod
+            def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+                return ledger._open(super().connect, **kwargs)
+
         self._pool: ConnectionPool[Conn] = ConnectionPool(
-            dsn,
+            "",
+            connection_class=LedgerConnection,
             kwargs=self._kwargs,
             min_size=1,
             max_size=max(1, max_size),
@@ -118,10 +139,19 @@ class LedgerBase:
         log.info("ledger_connected", where=self._where, schema=schema)
 
     @classmethod
-    def from_settings(cls, settings: LedgerSettings, *, max_size: int = 4) -> Self:
-        """The ledger described by ``settings.ledger``; blocks like the constructor."""
+    def from_settings(
+        cls, settings: LedgerSettings, *, max_size: int = 4, check_every_s: float = 1.0
+    ) -> Self:
+        """The ledger described by ``settings.ledger``; blocks like the constructor.
+
+        A DSN from a file (``dsn_file``) is re-read when the file changes (checked at most
+        every ``check_every_s``) and when a connection fails.
+        """
+        dsn: str | Secret = settings.dsn.get_secret_value()
+        if settings.dsn_file is not None:
+            dsn = file_secret("ledger.dsn", settings.dsn_file, check_every_s=check_every_s)
         return cls(
-            settings.dsn.get_secret_value(),
+            dsn,
             settings.schema_name,
             max_size=max_size,
             connect_timeout_s=settings.connect_timeout_s,
@@ -165,13 +195,38 @@ class LedgerBase:
     def _probe(self) -> None:
         """One direct connection, so an unreachable server fails fast with a useful line."""
         try:
-            with psycopg.connect(self._dsn, **self._kwargs):
+            with self._open(psycopg.connect, **self._kwargs):
                 pass
         except psycopg.Error as exc:
             raise ConfigError(
                 f"cannot connect to the ledger database ({self._where}) within "
                 f"{self._connect_timeout_s:g}s: {self._clean(exc)}"
             ) from None
+
+    def _open(self, connect: Callable[..., C], **kwargs: Any) -> C:
+        """``connect(dsn, **kwargs)`` with the DSN in force; again once if a re-read changed it.
+
+        Any connection failure re-reads the DSN, not only an authentication failure: libpq
+        reports failures at connect without a SQLSTATE (psycopg's ``sqlstate`` is None for
+        "password authentication failed"), and the message text is no contract. A re-read
+        that changes nothing costs one file read, and the original error stands.
+        """
+        dsn = self._dsn_source.current()
+        self._note_secret(dsn)
+        try:
+            return connect(dsn, **kwargs)
+        except psycopg.OperationalError as exc:
+            if not self._dsn_source.reload():
+                raise
+            log.warning("ledger_credentials_replaced", where=self._where, error=self._clean(exc))
+        dsn = self._dsn_source.current()
+        self._note_secret(dsn)
+        return connect(dsn, **kwargs)
+
+    def _note_secret(self, dsn: str) -> None:
+        secret = dsn_secret(dsn)
+        if secret:
+            self._secrets.add(secret)
 
     @contextmanager
     def _translate(self, action: str) -> Iterator[None]:
@@ -195,8 +250,8 @@ class LedgerBase:
 
     def _redact(self, text: str) -> str:
         text = redact_dsn(text)
-        if self._secret:
-            text = text.replace(self._secret, "***")
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
         return text
 
     @staticmethod

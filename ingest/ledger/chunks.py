@@ -87,7 +87,7 @@ class ChunkLedger(LedgerBase):
             self._table("backfill_chunks")
         )
         with self._translate("try_lock_chunk"):
-            conn = psycopg.connect(self._dsn, **self._kwargs)
+            conn = self._open(psycopg.connect, **self._kwargs)
             try:
                 self._configure(conn)
                 got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()

@@ -40,6 +40,7 @@ WORKER_TABLES = (
     "backfill_chunks",
     "delete_markers",
     "flush_latency",
+    "credential_loads",
 )
 #: The tables a worker deletes from: dead letters and delete markers purged by age, latency
 #: rows past their retention.

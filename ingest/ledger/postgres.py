@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from ingest.latency import FlushLatency
 from ingest.ledger.chunks import ChunkLedger
+from ingest.ledger.credential_loads import CredentialLoadLedger
 from ingest.ledger.dead_letters import DeadLetterLedger
 from ingest.ledger.deletes import DeleteMarkerLedger
 from ingest.ledger.index_versions import IndexVersionLedger
@@ -40,6 +41,7 @@ class PostgresLedger(
     ChunkLedger,
     DeleteMarkerLedger,
     LatencyLedger,
+    CredentialLoadLedger,
 ):
     """The ledger on one PostgreSQL database and schema; thread-safe.
 

@@ -44,7 +44,10 @@ class Components:
 
     def close(self) -> None:
         self.search.close()
-        self.ledger.close()
+        try:
+            self.ledger.record_credential_loads()  # loads since the last periodic write
+        finally:
+            self.ledger.close()
 
 
 @contextmanager
@@ -62,10 +65,12 @@ def open_components(settings: Settings) -> Iterator[Components]:
                 raise ConfigError(
                     f"stream {stream.name}: routing_field {stream.routing_field!r} {problem}"
                 )
-    ledger = PostgresLedger.from_settings(settings.ledger)
+    check_s = settings.runtime.credential_check_s
+    ledger = PostgresLedger.from_settings(settings.ledger, check_every_s=check_s)
     try:
         ledger.migrate()
-        client = connect_search(settings.search)
+        client = connect_search(settings.search, check_every_s=check_s)
+        ledger.record_credential_loads()
     except BaseException:
         ledger.close()
         raise

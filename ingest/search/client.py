@@ -31,7 +31,9 @@ from urllib.parse import quote
 import orjson
 import structlog
 
+from ingest.credentials import CredentialError
 from ingest.errors import ConfigError, IngestError, TransientError
+from ingest.search.auth import SearchAuth
 from ingest.search.hosts import (
     DEAD_HOST_BACKOFF_S,
     MAX_DEAD_HOST_BACKOFF_S,
@@ -152,7 +154,11 @@ class _ElasticsearchBackend:
     """The official ``elasticsearch`` client (8.x or 9.x)."""
 
     def __init__(
-        self, settings: SearchSettings, compat_major: int | None, stats: HostStats
+        self,
+        settings: SearchSettings,
+        compat_major: int | None,
+        stats: HostStats,
+        auth: SearchAuth,
     ) -> None:
         from elasticsearch import Elasticsearch
         from elasticsearch.serializer import OrjsonSerializer
@@ -174,6 +180,7 @@ class _ElasticsearchBackend:
             **_es_auth(settings, ssl_context),
         )
         self._json, self._ndjson = _compat_media_types(compat_major)
+        self._auth = auth
 
     def request(
         self,
@@ -191,6 +198,9 @@ class _ElasticsearchBackend:
         headers = {"accept": self._json}
         if body is not None:
             headers["content-type"] = self._ndjson if ndjson else self._json
+        authorization = self._auth.header()
+        if authorization is not None:
+            headers["authorization"] = authorization
         client = self._es if timeout_s is None else self._es.options(request_timeout=timeout_s)
         try:
             resp = client.perform_request(method, path, params=params, headers=headers, body=body)
@@ -229,17 +239,11 @@ def _proxy(settings: SearchSettings, ssl_context: Any) -> ProxyRoute | None:
 
 
 def _es_auth(settings: SearchSettings, ssl_context: Any) -> dict[str, Any]:
+    """TLS options; credentials are sent per request (:class:`SearchAuth`), so they rotate."""
     # verify_certs also sets urllib3's cert_reqs, which overrides the context's verify mode
     kw: dict[str, Any] = {"verify_certs": settings.verify_certs, "ssl_show_warn": False}
     if ssl_context is not None:
         kw["ssl_context"] = ssl_context
-    if settings.username is not None:
-        password = settings.password.get_secret_value() if settings.password else ""
-        kw["basic_auth"] = (settings.username, password)
-    if settings.api_key is not None:
-        kw["api_key"] = settings.api_key.get_secret_value()
-    if settings.bearer_token is not None:
-        kw["bearer_auth"] = settings.bearer_token.get_secret_value()
     return kw
 
 
@@ -263,7 +267,11 @@ class _OpenSearchBackend:
     """``opensearch-py``; also used for the kind probe, since it checks no product header."""
 
     def __init__(
-        self, settings: SearchSettings, stats: HostStats, urls: Sequence[str] | None = None
+        self,
+        settings: SearchSettings,
+        stats: HostStats,
+        auth: SearchAuth,
+        urls: Sequence[str] | None = None,
     ) -> None:
         from opensearchpy import OpenSearch
 
@@ -271,14 +279,7 @@ class _OpenSearchBackend:
         ssl_context = tls_context(settings)
         if ssl_context is not None:
             kw["ssl_context"] = ssl_context
-        if settings.username is not None:
-            password = settings.password.get_secret_value() if settings.password else ""
-            kw["http_auth"] = (settings.username, password)
-        headers: dict[str, str] = {}
-        if settings.api_key is not None:
-            headers["authorization"] = f"ApiKey {settings.api_key.get_secret_value()}"
-        if settings.bearer_token is not None:
-            headers["authorization"] = f"Bearer {settings.bearer_token.get_secret_value()}"
+        self._auth = auth
         self._os = OpenSearch(
             hosts=list(urls or settings.urls),
             serializer=_orjson_loads_serializer()(),
@@ -287,7 +288,6 @@ class _OpenSearchBackend:
             retry_on_status=OPENSEARCH_DEAD_STATUSES,
             retry_on_timeout=True,
             timeout=settings.request_timeout_s,
-            headers=headers or None,
             connection_class=opensearch_connection_class(
                 stats, _proxy(settings, ssl_context), gzip_bulk=settings.compression == "gzip"
             ),
@@ -308,10 +308,13 @@ class _OpenSearchBackend:
     ) -> Any:
         import opensearchpy
 
-        headers = {"content-type": NDJSON} if ndjson else None
+        headers = {"content-type": NDJSON} if ndjson else {}
+        authorization = self._auth.header()
+        if authorization is not None:
+            headers["authorization"] = authorization
         try:
             return self._os.transport.perform_request(
-                method, path, params=params, body=body, headers=headers, timeout=timeout_s
+                method, path, params=params, body=body, headers=headers or None, timeout=timeout_s
             )
         except opensearchpy.ConnectionError as exc:
             raise TransientError(f"{method} {path}: {_short(exc)}") from exc
@@ -343,11 +346,17 @@ class SearchClient:
     """
 
     def __init__(
-        self, kind: Kind, backend: _Backend, url: str, hosts: HostStats | None = None
+        self,
+        kind: Kind,
+        backend: _Backend,
+        url: str,
+        hosts: HostStats | None = None,
+        auth: SearchAuth | None = None,
     ) -> None:
         self.kind: Kind = kind
         self.url = url
         self._backend = backend
+        self._auth = auth
         #: Each node's state and latency as the client sees them (for metrics).
         self.hosts = hosts if hosts is not None else HostStats([url])
 
@@ -364,7 +373,25 @@ class SearchClient:
         ndjson: bool = False,
         timeout_s: float | None = None,
     ) -> Any:
-        """One raw REST call; the escape hatch for the rare call not wrapped below."""
+        """One raw REST call; the escape hatch for the rare call not wrapped below.
+
+        A 401/403 re-reads the credentials; when that puts a different value in force the
+        request is sent once more with it, else the :class:`SearchAuthError` stands.
+        """
+        try:
+            return self._backend.request(
+                method, path, params=params, body=body, ndjson=ndjson, timeout_s=timeout_s
+            )
+        except SearchAuthError as exc:
+            if self._auth is None or not self._auth.reload():
+                raise
+            log.warning(
+                "search_credentials_replaced",
+                scheme=self._auth.scheme,
+                status=exc.status,
+                method=method,
+                path=path,
+            )
         return self._backend.request(
             method, path, params=params, body=body, ndjson=ndjson, timeout_s=timeout_s
         )
@@ -558,7 +585,7 @@ def detect_kind(info: Mapping[str, Any]) -> Kind:
     return "elasticsearch"
 
 
-def connect_search(settings: SearchSettings) -> SearchClient:
+def connect_search(settings: SearchSettings, *, check_every_s: float = 1.0) -> SearchClient:
     """Probe the cluster and return a client of the right kind over every configured node.
 
     Asks the nodes ``GET /`` in turn until one answers, each bounded by
@@ -566,17 +593,18 @@ def connect_search(settings: SearchSettings) -> SearchClient:
     (those that did not are logged and left to the node pool). Raises
     :class:`~ingest.errors.ConfigError` (one line, URLs without passwords) when none is
     reachable, the credentials or the client certificate are refused, or the answer is
-    nonsense.
+    nonsense. ``check_every_s``: how often a credential file is checked for a change.
     """
     stats = HostStats(settings.urls)
-    info = _probe(settings, stats)
+    auth = _auth(settings, check_every_s)
+    info = _probe(settings, stats, auth)
     url = redact_dsn(", ".join(settings.urls))
     kind: Kind = detect_kind(info) if settings.kind == "auto" else settings.kind
     backend: _Backend
     if kind == "opensearch":
-        backend = _OpenSearchBackend(settings, stats)
+        backend = _OpenSearchBackend(settings, stats, auth)
     else:
-        backend = _ElasticsearchBackend(settings, _es_compat_major(info), stats)
+        backend = _ElasticsearchBackend(settings, _es_compat_major(info), stats, auth)
     log.info(
         "search_connected",
         url=url,
@@ -589,10 +617,20 @@ def connect_search(settings: SearchSettings) -> SearchClient:
         else host_label(settings.proxy_url.get_secret_value()),
         compression=settings.compression,
     )
-    return SearchClient(kind, backend, url, stats)
+    return SearchClient(kind, backend, url, stats, auth)
 
 
-def _probe(settings: SearchSettings, stats: HostStats) -> Mapping[str, Any]:
+def _auth(settings: SearchSettings, check_every_s: float) -> SearchAuth:
+    """The credentials' first load: an unreadable file is a one-line ConfigError."""
+    auth = SearchAuth(settings, check_every_s=check_every_s)
+    try:
+        auth.header()
+    except CredentialError as exc:
+        raise ConfigError(f"config error: {exc}") from None
+    return auth
+
+
+def _probe(settings: SearchSettings, stats: HostStats, auth: SearchAuth) -> Mapping[str, Any]:
     """``GET /`` of the first node that answers; ConfigError when none does.
 
     opensearch-py does the probe for both kinds, since it checks no product header.
@@ -600,7 +638,7 @@ def _probe(settings: SearchSettings, stats: HostStats) -> Mapping[str, Any]:
     unreachable: list[tuple[str, str]] = []
     for node_url in settings.urls:
         url = redact_dsn(node_url)
-        probe = _OpenSearchBackend(settings, stats, [node_url])
+        probe = _OpenSearchBackend(settings, stats, auth, [node_url])
         try:
             info = probe.request(
                 "GET", "/", timeout_s=min(settings.request_timeout_s, PROBE_TIMEOUT_S)

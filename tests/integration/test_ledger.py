@@ -43,6 +43,7 @@ TABLES = {
     "backfill_chunks",
     "delete_markers",
     "flush_latency",
+    "credential_loads",
 }
 
 

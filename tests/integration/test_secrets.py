@@ -46,23 +46,12 @@ from tests.support.daemon import (
     settings_document,
     wait_for,
 )
+from tests.support.secrets import secret_forms
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _forms(secret: str) -> set[str]:
-    """How a secret could show up in text: as is, URL-encoded, hex (bytea), base64."""
-    import base64
-
-    return {
-        secret,
-        quote(secret, safe=""),
-        secret.encode().hex(),
-        base64.b64encode(secret.encode()).decode(),
-    }
 
 
 def _url_dsn(dsn: str, password: str) -> str:
@@ -207,7 +196,7 @@ def test_no_secret_in_any_output_or_the_ledger(
     stored = _ledger_text(ledger_dsn, schema)
     assert '"kind":"stream"' in stored and '"family":' in stored  # daemon run, backfill chunks
     for name, secret in secrets.items():
-        for form in _forms(secret):
+        for form in secret_forms(secret):
             assert form not in everything, f"{name} secret ({form!r}) in process output"
             assert form not in stored, f"{name} secret ({form!r}) in the ledger"
     # The redaction must not have hidden everything either: the logs are still useful.

@@ -21,10 +21,12 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from ingest.credentials import CredentialRegistry, FileSecret, fingerprint
 from ingest.latency import measure_flush
 from ingest.ledger import ChunkSkew, ChunkTiming, PostgresLedger
 from ingest.settings import Settings
 from ingest.types import DeadLetter, IndexAction, RawRecord
+from tests.support.secrets import rotate_file
 
 pytestmark = pytest.mark.integration
 
@@ -55,9 +57,19 @@ def _record(offset: int, stream_topic: str = "orders-topic") -> RawRecord:
     return RawRecord(stream_topic, 0, offset, b"k", b"\x00bad", 1_700_000_000_000)
 
 
-def _populate(ledger: PostgresLedger, dsn: str) -> dict[str, Any]:
+def _populate(ledger: PostgresLedger, dsn: str, secrets_dir: Path) -> dict[str, Any]:
     """Two days of history for stream "orders", through the ledger's own calls."""
     ids: dict[str, Any] = {}
+    # a search password loaded at start, then rotated and re-read after a refusal
+    registry = CredentialRegistry()
+    password = secrets_dir / "search-password"
+    password.write_text("first-secret\n")
+    secret = FileSecret("search.password", password, registry=registry)
+    secret.current()
+    rotate_file(password, "second-secret")
+    assert secret.reload()
+    ledger.record_credential_loads(registry)
+    ids.update(password_file=str(password))
     # yesterday: one daemon run that stopped cleanly
     old = ledger.start_run("stream", "orders", {"group": "g.orders"})
     ledger.commit([], [], old, {"consumed": 100, "indexed": 95, "dead_lettered": 5})
@@ -122,13 +134,13 @@ def _populate(ledger: PostgresLedger, dsn: str) -> dict[str, Any]:
 
 @pytest.fixture
 def recipe_results(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], tmp_path: Path
 ) -> Iterator[dict[str, list[dict[str, Any]]]]:
     settings = make_settings(partitions=None)
     dsn = settings.ledger.dsn.get_secret_value()
     with PostgresLedger.from_settings(settings.ledger) as ledger:
         ledger.migrate()
-        ids = _populate(ledger, dsn)
+        ids = _populate(ledger, dsn, tmp_path)
         schema = ledger.schema
     results: dict[str, list[dict[str, Any]]] = {"_ids": [ids]}
     with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
@@ -199,6 +211,24 @@ def _latency_per_hour(rows: list[dict[str, Any]], ids: dict[str, Any]) -> None:
     assert row["mean_latency_s"] == Decimal("0.500")
 
 
+def _credential_loads(rows: list[dict[str, Any]], ids: dict[str, Any]) -> None:
+    assert [(r["name"], r["reason"], r["fingerprint"]) for r in rows] == [
+        ("search.password", "refused", fingerprint("second-secret")),
+        ("search.password", "start", fingerprint("first-secret")),
+    ]
+    assert {r["source"] for r in rows} == {ids["password_file"]}
+    assert "first-secret" not in repr(rows) and "second-secret" not in repr(rows)
+
+
+def _credentials_in_force(rows: list[dict[str, Any]], ids: dict[str, Any]) -> None:
+    (row,) = rows
+    assert (row["name"], row["fingerprint"], row["reason"]) == (
+        "search.password",
+        fingerprint("second-secret"),
+        "refused",
+    )
+
+
 CHECKS: dict[str, Callable[[list[dict[str, Any]], dict[str, Any]], None]] = {
     "runs per stream and day": _runs_per_day,
     "failed runs and why": _failed_runs,
@@ -207,6 +237,8 @@ CHECKS: dict[str, Callable[[list[dict[str, Any]], dict[str, Any]], None]] = {
     "backfill chunk durations": _chunk_durations,
     "skewed backfill chunks": _skewed_chunks,
     "ingestion latency per hour": _latency_per_hour,
+    "credential loads": _credential_loads,
+    "credentials in force per process": _credentials_in_force,
 }
 
 
