@@ -5,7 +5,7 @@ from the old index keeping each document's version.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -19,6 +19,10 @@ from ingest.errors import ConfigError
 from ingest.settings import StreamSettings
 from ingest.types import IndexAction, RawRecord
 
+if TYPE_CHECKING:  # the runner loads luigi; the fills import it only when they run
+    from backfill.runner import BackfillSummary
+    from ingest.pipeline.wiring import Components
+
 log = structlog.get_logger(__name__)
 
 
@@ -29,7 +33,7 @@ class StreamFiller:
     """The real fills: the Luigi Kafka and file backfills (:mod:`backfill.runner`) aimed at
     the new index, and a scroll copy of the old index."""
 
-    def __init__(self, components: Any, stream: StreamSettings, run_id: int | None) -> None:
+    def __init__(self, components: Components, stream: StreamSettings, run_id: int | None) -> None:
         self._components = components
         self._stream = stream
         self._run_id = run_id
@@ -120,7 +124,9 @@ class StreamFiller:
         return total
 
     @staticmethod
-    def _summary_result(summary: Any, progress: Callable[[FillResult], None]) -> FillResult:
+    def _summary_result(
+        summary: BackfillSummary, progress: Callable[[FillResult], None]
+    ) -> FillResult:
         if not summary.ok:
             failed = "; ".join(f"{f.label}: {f.error}" for f in summary.failures[:5])
             raise ReindexError(
