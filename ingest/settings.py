@@ -97,11 +97,6 @@ class KafkaSettings(_Frozen):
         return conf
 
 
-#: Room kept in a bulk request beside one document: its action line (index, id, version,
-#: routing, pipeline) and newlines.
-BULK_ACTION_OVERHEAD_BYTES = 64 * 1024
-
-
 class SearchSettings(_Frozen):
     """Where the search cluster is and how to reach it (see :attr:`urls`)."""
 
@@ -332,8 +327,9 @@ class StreamSettings(_Frozen):
     linger_s: float = Field(default=0.5, gt=0)
     max_record_bytes: int = Field(default=1024 * 1024, ge=16)
     #: A rendered JSON document above this is dead-lettered (stage transform): a few bytes
-    #: of Avro can render megabytes. Below ``search.max_bulk_bytes`` (checked at start), so a
-    #: document the transform accepts always fits in a bulk request on its own.
+    #: of Avro can render megabytes. The default stays below ``search.max_bulk_bytes``'s, so a
+    #: document the transform accepts fits a default bulk request on its own; one that does not
+    #: fit is dead-lettered by the sink (stage index) instead.
     max_document_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     dead_letter_topic: str | None = None
     #: Ingest pipeline every index action of this stream names (``pipeline`` in the action).
@@ -468,18 +464,6 @@ class Settings(_Frozen):
             if s.name in seen:
                 raise ValueError(f"stream {s.name!r} is defined twice")
             seen.add(s.name)
-        return self
-
-    @model_validator(mode="after")
-    def _documents_fit_a_bulk_request(self) -> Settings:
-        room = self.search.max_bulk_bytes - BULK_ACTION_OVERHEAD_BYTES
-        for s in self.streams:
-            if s.max_document_bytes > room:
-                raise ValueError(
-                    f"stream {s.name!r}: max_document_bytes ({s.max_document_bytes}) must be at"
-                    f" most search.max_bulk_bytes minus {BULK_ACTION_OVERHEAD_BYTES} ({room}):"
-                    " a document the transform accepts must fit in a bulk request alone"
-                )
         return self
 
     @model_validator(mode="after")
