@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # the package may not be installed into the venv
@@ -52,6 +53,14 @@ from ingest.settings import (  # noqa: E402
 SCHEMAS_DIR = REPO_ROOT / "schemas"
 _STACK_TIMINGS: list[float] = []
 TOPIC_TIMEOUT_S = 15.0
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> None:
+    """Each test starts from structlog's defaults: a CLI command run in-process by an earlier
+    test configures a WARNING filter, which would hide the info events a later test captures
+    with ``structlog.testing.capture_logs``."""
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
