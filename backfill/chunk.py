@@ -7,14 +7,16 @@ archive file). :func:`run_chunk` is everything a Luigi task does, without Luigi:
                 same chunk never run it at once; a chunk another process holds is waited
                 for (it usually ends ``done``, and then there is nothing to do)
     2. copy     read -> keep records of the chunk's window -> RecordProcessor -> Batch ->
-                BatchWriter.flush(targets, offsets=[]): the daemon's own pipeline, dead
-                letters and run counters committed in the same ledger transaction
+                BatchWriter write, then commit (offsets=[]): the daemon's own pipeline, dead
+                letters and run counters committed in the same ledger transaction; with the
+                stream's ``max_in_flight`` above 1 several batches write at once and commit
+                in read order (:mod:`ingest.pipeline.inflight`)
     3. finish   ledger.finish_chunk: ``done`` with its counts, or ``failed`` with the error;
                 either way with what the copy cost (duration, records read, raw bytes read),
                 which the run compares across its chunks (:mod:`backfill.skew`)
 
 Transient errors (broker, ledger) are retried inside the chunk with the project's one retry
-policy: the copy resumes from the last flushed record, and a fresh retry budget starts
+policy: the copy resumes from the last committed batch, and a fresh retry budget starts
 whenever records were flushed since the last failure, so a long chunk is not failed by two
 hiccups an hour apart. Re-writing a flushed record is harmless anyway: every write carries
 the record's external version and dead letters are unique per record.
@@ -41,7 +43,8 @@ from ingest.errors import ConfigError, FatalError, IngestError, TransientError
 from ingest.kafka.ranges import KafkaRangeReader, OffsetRange
 from ingest.ledger import ChunkTiming
 from ingest.pipeline.batch import Batch, FlushPolicy
-from ingest.pipeline.process import BatchWriter, RecordProcessor
+from ingest.pipeline.inflight import InFlight, limit_for
+from ingest.pipeline.process import BatchWriter, RecordProcessor, Written
 from ingest.pipeline.wiring import Components, build_pipeline
 from ingest.retry import RetryEvent, retrying
 from ingest.search.indices import IndexRouter, ensure_live_index
@@ -159,6 +162,17 @@ class ChunkResult:
     status: Literal["done", "done_elsewhere"]
     counts: dict[str, int] = field(default_factory=dict)
     timing: ChunkTiming | None = None
+
+
+@dataclass(slots=True)
+class _Read:
+    """One batch of the chunk and where reading continues once it is committed."""
+
+    batch: Batch
+    skipped: int
+    next_position: int
+    #: Raw bytes read for this batch, skipped records included (the chunk's cost).
+    read_bytes: int
 
 
 class ChunkBusyError(FatalError):
@@ -351,50 +365,67 @@ class _ChunkCopy:
         return router.targets()
 
     def _pump(self, processor: RecordProcessor, writer: BatchWriter, targets: list[str]) -> None:
-        """Read from ``self.position`` to the end, flushing full batches as they fill."""
+        """Read from ``self.position`` to the end, flushing full batches as they fill.
+
+        Batches write ``max_in_flight`` at a time and commit in read order; the position
+        moves with each commit, so a retry re-reads from the last committed batch.
+        """
         stream = self._stream
+        max_buffered = self._settings.runtime.max_buffered_bytes
         # A backfill reads as fast as it can: batches close on size alone, never on time.
         policy = FlushPolicy(
             max_records=stream.max_batch_records,
-            max_bytes=min(stream.max_batch_bytes, self._settings.runtime.max_buffered_bytes),
+            max_bytes=min(stream.max_batch_bytes, max_buffered),
             linger_s=math.inf,
+        )
+
+        def write(read: _Read) -> Written | None:
+            return None if read.batch.is_empty() else writer.write(read.batch, targets)
+
+        def commit(read: _Read, written: Written | None) -> None:
+            self._commit(writer, read, written)
+
+        inflight: InFlight[_Read, Written | None] = InFlight(
+            write,
+            commit,
+            limit_for(stream.max_in_flight),
+            backoff=lambda w: w is not None and w.outcome.retries > 0,
+            name=f"backfill-{self._spec.label}",
         )
         batch = Batch()
         skipped = read_bytes = 0
         next_position = self.position
-        for records in self._source.read(self.position, policy.max_records):
-            kept = [r for r in records if self._source.keep(r)]
-            skipped += len(records) - len(kept)
-            read_bytes += sum(r.size_bytes for r in records)
-            if kept:
-                processor.process(kept, batch, time.monotonic())
-            next_position = records[-1].offset + 1
-            if batch.is_due(policy, time.monotonic()):
-                self._flush(writer, targets, batch, skipped, next_position, read_bytes)
-                batch, skipped, read_bytes = Batch(), 0, 0
-        self._flush(writer, targets, batch, skipped, next_position, read_bytes)
+        try:
+            for records in self._source.read(self.position, policy.max_records):
+                kept = [r for r in records if self._source.keep(r)]
+                skipped += len(records) - len(kept)
+                read_bytes += sum(r.size_bytes for r in records)
+                if kept:
+                    processor.process(kept, batch, time.monotonic())
+                next_position = records[-1].offset + 1
+                if batch.is_due(policy, time.monotonic()):
+                    read = _Read(batch, skipped, next_position, read_bytes)
+                    inflight.submit(read, batch.size_bytes)
+                    batch, skipped, read_bytes = Batch(), 0, 0
+                inflight.make_room(batch.size_bytes, max_buffered)
+            inflight.submit(_Read(batch, skipped, next_position, read_bytes), batch.size_bytes)
+            inflight.drain()
+        finally:
+            inflight.close()
 
-    def _flush(
-        self,
-        writer: BatchWriter,
-        targets: list[str],
-        batch: Batch,
-        skipped: int,
-        next_position: int,
-        read_bytes: int,
-    ) -> None:
-        if not batch.is_empty():
-            outcome = writer.flush(batch, targets, offsets=())
+    def _commit(self, writer: BatchWriter, read: _Read, written: Written | None) -> None:
+        if written is not None:
+            outcome = writer.commit(written, offsets=())
             self.counts.update(outcome.counters())
-        if skipped:
-            self.counts["skipped"] += skipped
+        if read.skipped:
+            self.counts["skipped"] += read.skipped
             if self._run_id is not None:
-                self._components.ledger.commit([], [], self._run_id, {"skipped": skipped})
-        self.read_bytes += read_bytes
-        self.position = max(self.position, next_position)
+                self._components.ledger.commit([], [], self._run_id, {"skipped": read.skipped})
+        self.read_bytes += read.read_bytes
+        self.position = max(self.position, read.next_position)
         if self._on_progress is not None:
-            read = self.counts["consumed"] + self.counts["skipped"]
-            self._on_progress(read, self._source.size, self.counts)
+            read_so_far = self.counts["consumed"] + self.counts["skipped"]
+            self._on_progress(read_so_far, self._source.size, self.counts)
 
     def _on_retry(self, event: RetryEvent) -> None:
         log.warning(

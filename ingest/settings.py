@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -331,6 +332,9 @@ class StreamSettings(_Frozen):
     #: document the transform accepts fits a default bulk request on its own; one that does not
     #: fit is dead-lettered by the sink (stage index) instead.
     max_document_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    #: Bulk requests of this stream in flight at once, committed in order; ``"auto"`` adapts
+    #: between 1 and 8 to the cluster's latency (AIMD). 1 is one request at a time.
+    max_in_flight: StrictInt | Literal["auto"] = 1
     dead_letter_topic: str | None = None
     #: Ingest pipeline every index action of this stream names (``pipeline`` in the action).
     pipeline: str | None = None
@@ -365,6 +369,13 @@ class StreamSettings(_Frozen):
                 " id_field"
             )
         return self
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _max_in_flight(cls, v: int | str) -> int | str:
+        if v != "auto" and not (isinstance(v, int) and 1 <= v <= 64):
+            raise ValueError(f"max_in_flight must be 1..64 or 'auto', got {v!r}")
+        return v
 
     @field_validator("pipeline")
     @classmethod

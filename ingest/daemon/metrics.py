@@ -22,6 +22,11 @@ Every metric name starts with the namespace (``ingest_`` by default)::
     ingest_batch_size_records{stream}              records per flushed batch
     ingest_lag_records{stream,partition}           high watermark minus next offset
     ingest_buffered_bytes{stream}                  bytes held in memory, not yet flushed
+                                                   (the open batch and the batches in flight)
+    ingest_in_flight_requests{stream}              batches written or being written, not yet
+                                                   committed
+    ingest_in_flight_limit{stream}                 how many may be (max_in_flight; moves
+                                                   with "auto")
     ingest_last_flush_timestamp_seconds{stream}    unix time of the last successful flush
     ingest_in_retry{stream}                        1 while a transient failure is being retried
     ingest_search_host_up{host}                    1 while the node is in its pool's rotation
@@ -93,6 +98,8 @@ class _StreamChildren:
     last_flush: Gauge
     in_retry: Gauge
     python_path: Counter
+    in_flight: Gauge
+    in_flight_limit: Gauge
     dead: dict[str, Counter] = field(default_factory=dict)
     lag: dict[int, Gauge] = field(default_factory=dict)
 
@@ -225,6 +232,18 @@ class Metrics:
             stream,
             **kw,
         )
+        self._in_flight = Gauge(
+            "in_flight_requests",
+            "Batches whose bulk write started and whose ledger commit has not run yet.",
+            stream,
+            **kw,
+        )
+        self._in_flight_limit = Gauge(
+            "in_flight_limit",
+            "How many batches may be in flight: max_in_flight, or its current value when auto.",
+            stream,
+            **kw,
+        )
         self._fast_path = Gauge(
             "fast_path",
             "1 when the stream's records go through the native transcoder, 0 when it is off.",
@@ -277,6 +296,8 @@ class Metrics:
                         last_flush=self._last_flush.labels(stream),
                         in_retry=self._in_retry.labels(stream),
                         python_path=self._python_path.labels(stream),
+                        in_flight=self._in_flight.labels(stream),
+                        in_flight_limit=self._in_flight_limit.labels(stream),
                     )
                     self._streams[stream] = children
         return children
@@ -368,6 +389,12 @@ class Metrics:
     def buffered(self, stream: str, n_bytes: int) -> None:
         """Bytes currently held in memory for the stream (set, not added)."""
         self._children(stream).buffered.set(n_bytes)
+
+    def in_flight(self, stream: str, requests: int, limit: int) -> None:
+        """Batches in flight now and the current limit (set, not added)."""
+        c = self._children(stream)
+        c.in_flight.set(requests)
+        c.in_flight_limit.set(limit)
 
     def search_request(self, host: str, up: bool, took_s: float | None) -> None:
         """A request to search node ``host`` ended (``took_s``), or its state was reported.

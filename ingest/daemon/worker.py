@@ -9,13 +9,20 @@ The loop per worker::
     flush = sink write -> ledger transaction (offsets fenced by generation, dead letters,
             counters) -> Kafka commit (for lag tools)
 
+With ``max_in_flight`` above 1 the sink writes of several batches overlap while the ledger
+and Kafka commits still run on this thread one batch after the other, in offset order
+(:mod:`ingest.pipeline.inflight`); batches in flight count against ``max_buffered_bytes``,
+and polling waits for the oldest batch while the bound is reached.
+
 On assignment the worker claims the partitions in the ledger (bumping their generation) and
-seeks to the ledger's offsets. On revocation it flushes and commits before giving the
-partitions up; on loss it drops what it buffered for them. A FencedError (another process
-owns a partition now) drops the buffer and rejoins the group. While the sink retries, the
-loop does not poll, so nothing new is buffered; librdkafka's prefetch queue is bounded by
-configuration. Transient failures past ``max_retry_s`` end the process non-zero with nothing
-committed, for a supervisor to restart.
+seeks to the ledger's offsets. On revocation it flushes and commits everything in flight
+before giving the partitions up; on loss it drops what it buffered for them and never
+commits their offsets from batches still in flight. A FencedError (another process owns a
+partition now) drops the buffer and every batch in flight, and rejoins the group. While the
+oldest batch's sink write retries, the loop does not poll past the window, so nothing new is
+buffered; librdkafka's prefetch queue is bounded by configuration. Transient failures past
+``max_retry_s`` end the process non-zero with nothing committed past the failed batch, for a
+supervisor to restart.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -38,6 +46,8 @@ from ingest.kafka.config import consumer_config
 from ingest.kafka.consumer import KafkaSource
 from ingest.ledger import OffsetCommit
 from ingest.pipeline.batch import Batch, FlushPolicy
+from ingest.pipeline.inflight import InFlight, limit_for
+from ingest.pipeline.process import Written
 from ingest.pipeline.wiring import Components, build_pipeline
 from ingest.retry import RetryEvent, retrying
 from ingest.search.indices import IndexRouter, ensure_live_index
@@ -48,6 +58,22 @@ log = structlog.get_logger(__name__)
 #: How long flush latency rows stay in the ledger: well past the few minutes ``ingest
 #: status`` summarises, short enough that the table stays a few thousand rows per stream.
 LATENCY_KEEP_S = 3600.0
+
+
+@dataclass(slots=True)
+class _Submitted:
+    """A batch handed to the writers, with what its commit needs (decided at submission)."""
+
+    batch: Batch
+    targets: list[str]
+    offsets: list[OffsetCommit]
+    next_offsets: dict[int, int] = field(default_factory=dict)
+
+    def forget(self, partitions: set[int]) -> None:
+        """Never commit these partitions' offsets (lost meanwhile); dead letters stay,
+        unique per record, so a new owner replaying them adds nothing twice."""
+        self.offsets = [o for o in self.offsets if o.partition not in partitions]
+        self.next_offsets = {p: o for p, o in self.next_offsets.items() if p not in partitions}
 
 
 class StreamWorker:
@@ -83,6 +109,13 @@ class StreamWorker:
             metrics.register_stream(stream.name)
             metrics.fast_path(stream.name, self._processor.fast_path_on)
         self._writer = pipeline.writer
+        self._inflight: InFlight[_Submitted, Written] = InFlight(
+            lambda item: self._writer.write(item.batch, item.targets),
+            self._commit,
+            limit_for(stream.max_in_flight, on_change=self._limit_changed),
+            backoff=lambda written: written.outcome.retries > 0,
+            name=f"bulk-{stream.name}",
+        )
         self._router = IndexRouter(stream, components.ledger)
         self._catalog = components.catalog
         self._batch = Batch()
@@ -164,6 +197,8 @@ class StreamWorker:
                     timeout = 0.0
                 room = self._policy.max_records - self._batch.records
                 try:
+                    self._inflight.commit_ready()
+                    self._inflight.make_room(self._batch.size_bytes, rt.max_buffered_bytes)
                     records = self._source.poll(room, timeout)
                     now = time.monotonic()
                     if records:
@@ -172,10 +207,12 @@ class StreamWorker:
                             self._batch.waiting_since(flushed_from)
                         if self._metrics:
                             self._metrics.consumed(self.stream.name, len(records))
-                            self._metrics.buffered(self.stream.name, self._batch.size_bytes)
+                            self._metrics.buffered(
+                                self.stream.name, self._batch.size_bytes + self._inflight.bytes
+                            )
                     flushed_from = None
                     if self._batch.is_due(self._policy, now):
-                        self._flush()
+                        self._submit()
                         flushed_from = now
                     if self._kafka_auth.renewal_due():
                         self._renew_source()
@@ -197,6 +234,7 @@ class StreamWorker:
             source, self._source = self._source, None
             if not clean:
                 self._batch = Batch()
+                self._inflight.close()
             if source is not None:
                 source.close()
         log.info("stream_stopped", stream=self.stream.name, **dict(self.totals))
@@ -213,6 +251,7 @@ class StreamWorker:
         """Another process owns our partitions now: drop the buffer, leave, join again."""
         log.warning("partition_fenced", stream=self.stream.name, error=str(exc))
         self._batch = Batch()
+        self._inflight.abandon()
         self._generations.clear()
         source, self._source = self._source, None
         if source is not None:
@@ -250,27 +289,40 @@ class StreamWorker:
 
     def _on_revoke(self, partitions: list[int]) -> None:
         if self._source is not None:
-            batch = self._batch
             try:
                 self._flush()
             except FencedError as exc:
                 # Only the revoked partitions' records go. Under cooperative assignment the
-                # batch also holds partitions this worker keeps: their records and dead
-                # letters stay for the next flush (which fences again if they went too).
+                # batches also hold partitions this worker keeps: their records and dead
+                # letters, from the batches in flight too, stay for the next flush (which
+                # fences again if they went too).
                 log.warning("flush_on_revoke_fenced", partitions=partitions, error=str(exc))
-                batch.drop_partitions({(self.stream.topic, p) for p in partitions})
-                self._batch = batch if batch.last_offsets else Batch()
+                revoked = {(self.stream.topic, p) for p in partitions}
+                kept = Batch()
+                for left in [*(item.batch for item in self._inflight.abandon()), self._batch]:
+                    left.drop_partitions(revoked)
+                    kept.absorb(left)
+                self._batch = kept if kept.last_offsets else Batch()
         for p in partitions:
             self._generations.pop(p, None)
 
     def _on_lost(self, partitions: list[int]) -> None:
         self._batch.drop_partitions({(self.stream.topic, p) for p in partitions})
+        for item in self._inflight.items():
+            item.forget(set(partitions))
         for p in partitions:
             self._generations.pop(p, None)
 
     # -- flushing -------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Submit the open batch and commit everything in flight (revoke, stop)."""
+        self._submit()
+        self._inflight.drain()
+        self._in_flight_changed()
+
+    def _submit(self) -> None:
+        """Hand the open batch to the writers; its commit follows in order (see InFlight)."""
         batch = self._batch
         if batch.is_empty():
             return
@@ -284,17 +336,17 @@ class StreamWorker:
         ]
         targets = self._router.targets()
         self._batch = Batch()
-        try:
-            outcome = self._writer.flush(batch, targets, offsets)
-        except FencedError:
-            raise
-        except BaseException:
-            self._batch = batch  # keep it: a graceful stop must not lose it silently
-            raise
+        self._inflight.submit(_Submitted(batch, targets, offsets, next_offsets), batch.size_bytes)
+        self._in_flight_changed()
+
+    def _commit(self, item: _Submitted, written: Written) -> None:
+        """The commit phase of one batch, in offset order: ledger, then Kafka (lag tools)."""
+        batch = item.batch
+        outcome = self._writer.commit(written, item.offsets)
         # The handoff of a reindex: a ledger call like the commit, retried the same way.
         self._retry_ledger(self._router.note_flush, batch.first_offsets)
-        if self._source is not None:
-            self._source.commit(next_offsets)
+        if self._source is not None and item.next_offsets:
+            self._source.commit(item.next_offsets)
         self.totals.update(outcome.counters())
         if self._health:
             self._health.flushed(stream=self.stream.name)
@@ -313,7 +365,6 @@ class StreamWorker:
                 self._metrics.ingestion_latency(
                     self.stream.name, outcome.latency.path, outcome.latency.samples
                 )
-            self._metrics.buffered(self.stream.name, 0)
         log.debug(
             "batch_flushed",
             stream=self.stream.name,
@@ -322,6 +373,17 @@ class StreamWorker:
             dead=sum(outcome.dead_letters.values()),
             took_s=round(outcome.took_s, 4),
         )
+        self._in_flight_changed()
+
+    def _in_flight_changed(self) -> None:
+        if self._metrics:
+            inflight = self._inflight
+            self._metrics.in_flight(self.stream.name, inflight.count, inflight.limit)
+            self._metrics.buffered(self.stream.name, self._batch.size_bytes + inflight.bytes)
+
+    def _limit_changed(self, limit: int, reason: str) -> None:
+        """The adaptive in-flight limit moved (on a writer thread)."""
+        log.info("in_flight_limit_changed", stream=self.stream.name, limit=limit, reason=reason)
 
     def _on_retry(self, event: RetryEvent) -> None:
         if self._health:

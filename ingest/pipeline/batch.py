@@ -88,6 +88,21 @@ class Batch:
         """The position to read next per partition once this batch is flushed."""
         return {key: offset + 1 for key, offset in self.last_offsets.items()}
 
+    def absorb(self, other: Batch) -> None:
+        """Append everything of ``other``, read after this batch (it is left as it was)."""
+        self.actions += other.actions
+        self.dead_letters += other.dead_letters
+        for key, offset in other.last_offsets.items():
+            self.last_offsets[key] = max(offset, self.last_offsets.get(key, offset))
+        for key, offset in other.first_offsets.items():
+            self.first_offsets[key] = min(offset, self.first_offsets.get(key, offset))
+        self.records += other.records
+        self.size_bytes += other.size_bytes
+        self.filtered += other.filtered
+        self.python_path += other.python_path
+        if other.opened_at is not None:
+            self.opened_at = min(other.opened_at, self.opened_at or other.opened_at)
+
     def drop_partitions(self, partitions: set[tuple[str, int]]) -> None:
         """Forget everything read from ``partitions`` (lost without a chance to flush)."""
         if not partitions:

@@ -14,6 +14,11 @@ the one order that makes every write idempotent::
 
 A crash before 2 replays the batch: external versions make the re-sent documents no-ops and
 dead letters are unique per record, so the index and the dead-letter store converge.
+
+With requests in flight (:mod:`ingest.pipeline.inflight`) steps 0-1 of a few batches overlap
+while 2-3 run strictly in batch order. Batch k+1's delete check may then run before batch k's
+markers are committed; the index still orders the two writes by external version, since it
+remembers a delete (``index.gc_deletes``) far longer than a batch is in flight.
 """
 
 from __future__ import annotations
@@ -192,8 +197,25 @@ class FlushOutcome:
         }
 
 
+@dataclass(slots=True)
+class Written:
+    """A batch after its sink write and before its ledger commit."""
+
+    outcome: FlushOutcome
+    #: The batch's dead letters plus the documents the index refused.
+    dead: list[DeadLetter]
+    #: Wall time of the write phase.
+    write_s: float
+    #: Deletes the write applied, recorded as markers in the batch's ledger transaction.
+    deletes: list[DeleteMarker] = field(default_factory=list)
+
+
 class BatchWriter:
-    """Flushes batches: sink write, then one ledger transaction (see module docstring)."""
+    """Flushes batches: sink write, then one ledger transaction (see module docstring).
+
+    :meth:`flush` is :meth:`write` then :meth:`commit`; callers with requests in flight run
+    the two phases apart (:mod:`ingest.pipeline.inflight`).
+    """
 
     def __init__(
         self,
@@ -236,6 +258,15 @@ class BatchWriter:
         Blocks through the sink's retries; raises RetriesExhausted (nothing committed) when
         they run out and FencedError when another process owns a partition now.
         """
+        return self.commit(self.write(batch, targets), offsets)
+
+    def write(self, batch: Batch, targets: Sequence[str]) -> Written:
+        """The write phase of :meth:`flush`: the sink write, nothing committed.
+
+        Safe to run for several batches at once on several threads (requests in flight,
+        :mod:`ingest.pipeline.inflight`); each result must then go to :meth:`commit` in the
+        order the batches were read.
+        """
         started = self._clock()
         outcome = FlushOutcome(
             records=batch.records, filtered=batch.filtered, python_path=batch.python_path
@@ -261,16 +292,31 @@ class BatchWriter:
                 self.stream.name, self.stream.alias, result.sent, result.rejected
             )
         outcome.dead_letters.update(d.stage for d in dead)
+        return Written(outcome, dead, self._clock() - started, deletes)
+
+    def commit(self, written: Written, offsets: Sequence[Any] = ()) -> FlushOutcome:
+        """The commit phase of :meth:`flush`: dead letters published, then ONE ledger
+        transaction with ``offsets``, the dead letters and the counters. Runs on one thread,
+        in the order the batches were read; raises FencedError for a stale generation."""
+        started = self._clock()
+        outcome, dead = written.outcome, written.dead
         if dead and self._publish is not None:
             self._publish(dead)
         self._flushes += 1
-        commit_args = (offsets, dead, self.run_id, outcome.counters(), self._flush_mark(), deletes)
+        commit_args = (
+            offsets,
+            dead,
+            self.run_id,
+            outcome.counters(),
+            self._flush_mark(),
+            written.deletes,
+        )
         latency = outcome.latency or None
         if self._retry is None:
             self._ledger.commit(*commit_args, latency=latency)
         else:
             self._retry(self._ledger.commit, *commit_args, latency=latency)
-        outcome.took_s = self._clock() - started
+        outcome.took_s = written.write_s + (self._clock() - started)
         return outcome
 
     def _latency(

@@ -206,8 +206,9 @@ class BulkSink:
     """Write batches of :class:`IndexAction` to one or more indices or aliases.
 
     ``write`` blocks until every item is indexed, deleted, a conflict or rejected — retrying
-    transient failures for up to ``max_retry_s`` — or raises. Not thread-safe: one sink per
-    writing thread.
+    transient failures for up to ``max_retry_s`` — or raises. Several threads may write at
+    once (requests in flight): each call keeps its state in its own ``_Write``; only the
+    informative ``retries_total`` and ``retrying_since`` are shared, last writer wins.
     """
 
     def __init__(

@@ -102,3 +102,21 @@ def test_newest_per_document_keeps_highest_version_first_on_tie() -> None:
 def test_newest_per_document_returns_input_when_ids_unique() -> None:
     actions = [act("a", 1), act("b", 1)]
     assert newest_per_document(actions) is actions
+
+
+def test_absorb_appends_a_later_batch() -> None:
+    """Batches put back together (a fenced revoke re-buffers those in flight) keep read
+    order, the widest offsets per partition and every count."""
+    first, later = Batch(), Batch()
+    for batch, offsets in ((first, (1, 2)), (later, (3, 4))):
+        for offset in offsets:
+            batch.note(rec(offset), now=float(offset))
+            batch.add_action(act(f"d{offset}", 1, offset))
+    later.add_dead_letter(DeadLetter(rec(5, 1), "decode", "bad", "s"))
+    later.note(rec(5, 1), now=5.0)
+    first.absorb(later)
+    assert [a.doc_id for a in first.actions] == ["d1", "d2", "d3", "d4"]
+    assert len(first.dead_letters) == 1
+    assert first.next_offsets() == {("t", 0): 5, ("t", 1): 6}
+    assert first.first_offsets == {("t", 0): 1, ("t", 1): 5}
+    assert first.records == 5 and first.size_bytes == 50 and first.opened_at == 1.0

@@ -20,7 +20,7 @@ from ingest.daemon.worker import StreamWorker
 from ingest.errors import FencedError, TransientError
 from ingest.ledger.models import IndexVersionRow
 from ingest.pipeline.batch import Batch
-from ingest.pipeline.process import FlushOutcome
+from ingest.pipeline.process import FlushOutcome, Written
 from ingest.pipeline.wiring import Components
 from ingest.retry import RetryEvent, retrying
 from ingest.settings import Settings, parse_settings
@@ -56,17 +56,26 @@ class FakeLedger:
 
 @dataclass
 class FakeWriter:
-    """Records each flushed batch; raises the queued errors first."""
+    """Records each committed batch; its commits raise the queued errors first."""
 
     errors: list[BaseException] = field(default_factory=list)
     flushed: list[Batch] = field(default_factory=list)
     run_id: int | None = None
+    _batches: dict[int, Batch] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def flush(self, batch: Batch, targets: Sequence[str], offsets: Sequence[Any]) -> FlushOutcome:
+    def write(self, batch: Batch, targets: Sequence[str]) -> Written:
+        written = Written(FlushOutcome(records=batch.records), list(batch.dead_letters), 0.0)
+        with self._lock:
+            self._batches[id(written)] = batch
+        return written
+
+    def commit(self, written: Written, offsets: Sequence[Any]) -> FlushOutcome:
         if self.errors:
             raise self.errors.pop(0)
-        self.flushed.append(batch)
-        return FlushOutcome(records=batch.records)
+        with self._lock:
+            self.flushed.append(self._batches.pop(id(written)))
+        return written.outcome
 
 
 @dataclass
@@ -77,7 +86,7 @@ class FakeSource:
         self.commits.append(dict(next_offsets))
 
 
-def _settings() -> Settings:
+def _settings(max_in_flight: int = 1) -> Settings:
     return parse_settings(
         {
             "schemas_dir": str(SCHEMAS),
@@ -85,13 +94,21 @@ def _settings() -> Settings:
             "search": {"url": "http://127.0.0.1:9"},
             "ledger": {"dsn": "postgresql://ingest@127.0.0.1:9/ingest"},
             "runtime": {"max_retry_s": 30},
-            "streams": [{"name": "orders", "topic": TOPIC, "subject": "orders", "alias": "o"}],
+            "streams": [
+                {
+                    "name": "orders",
+                    "topic": TOPIC,
+                    "subject": "orders",
+                    "alias": "o",
+                    "max_in_flight": max_in_flight,
+                }
+            ],
         }
     )
 
 
-def _worker(ledger: FakeLedger, writer: FakeWriter) -> StreamWorker:
-    settings = _settings()
+def _worker(ledger: FakeLedger, writer: FakeWriter, max_in_flight: int = 1) -> StreamWorker:
+    settings = _settings(max_in_flight)
     components = Components(settings, SchemaCatalog.load(SCHEMAS), ledger, object())  # type: ignore[arg-type]
     worker = StreamWorker(
         settings, settings.streams[0], components=components, stop=threading.Event()
@@ -189,3 +206,47 @@ def test_a_flush_in_retries_keeps_heartbeating() -> None:
     worker._on_retry(event)  # within heartbeat_s of the first: no second beat
 
     assert ledger.beats == [{"dual_write_version": 2}]
+
+
+def test_fence_on_revoke_keeps_the_kept_partitions_of_batches_in_flight() -> None:
+    """With two batches in flight, the first commit of a cooperative revoke of partition 0
+    fails fenced: neither batch is committed, partition 1's records of both stay buffered
+    in read order, and partition 0's are dropped."""
+    writer = FakeWriter()
+    worker = _worker(FakeLedger(), writer, max_in_flight=4)
+    worker._generations = {0: 2, 1: 2}
+    _fill(worker._batch, 0, range(0, 4))
+    _fill(worker._batch, 1, range(20, 24))
+    worker._submit()
+    _fill(worker._batch, 0, range(4, 8))
+    _fill(worker._batch, 1, range(24, 28))
+    worker._submit()
+    writer.errors.append(FencedError("orders[0]: generation 3 is newer than 2"))
+
+    worker._on_revoke([0])
+
+    assert writer.flushed == [] and worker._inflight.count == 0
+    kept = worker._batch
+    assert [d.record.offset for d in kept.dead_letters] == [21, 23, 25, 27]
+    assert [a.record.offset for a in kept.actions] == [20, 22, 24, 26]
+    assert kept.next_offsets() == {(TOPIC, 1): 28}
+    worker._flush()
+    [flushed] = writer.flushed
+    assert [a.record.offset for a in flushed.actions] == [20, 22, 24, 26]
+    assert worker._source.commits == [{1: 28}]  # type: ignore[union-attr]
+
+
+def test_lost_partitions_are_never_committed_from_batches_in_flight() -> None:
+    """Partition 0 is lost while a batch holding it is in flight: the batch still commits
+    partition 1's offsets, never partition 0's."""
+    writer = FakeWriter()
+    worker = _worker(FakeLedger(), writer, max_in_flight=4)
+    worker._generations = {0: 2, 1: 2}
+    _fill(worker._batch, 0, range(0, 4))
+    _fill(worker._batch, 1, range(20, 24))
+    worker._submit()
+
+    worker._on_lost([0])
+    worker._inflight.drain()
+
+    assert worker._source.commits == [{1: 24}]  # type: ignore[union-attr]
