@@ -2,7 +2,10 @@
 
 Environment: BENCH_N (records for ceiling/end-to-end, default 40000), BENCH_ROUNDS (ceiling +
 daemon rounds, default 5), BENCH_BACKLOG (records for the peak-RSS drain, default 500000),
-BENCH_SKIP (comma list of sections: pipeline, compression, endtoend, freshness, backfill).
+BENCH_INFLIGHT_N (records for the requests-in-flight passes, default 30000),
+BENCH_INFLIGHT_DELAY_S (the injected answer delay; default: one bulk request's service time),
+BENCH_SKIP (comma list of sections: pipeline, compression, endtoend, freshness, inflight,
+backfill).
 Results are printed and written to bench/results/*.json.
 """
 
@@ -51,6 +54,16 @@ def main() -> None:
                 endpoints, ceiling_docs_per_s=ceilings[len(ceilings) // 2]
             )
             print("freshness:", json.dumps(results["freshness"]), flush=True)
+        if "inflight" not in skip:
+            from bench import inflight
+
+            delay = os.environ.get("BENCH_INFLIGHT_DELAY_S")
+            results["inflight"] = inflight.run(
+                endpoints,
+                n=int(os.environ.get("BENCH_INFLIGHT_N", "30000")),
+                delay_s=float(delay) if delay else None,
+            )
+            print("inflight:", json.dumps(results["inflight"]["table"]), flush=True)
         if "backfill" not in skip:
             try:
                 from bench import backfill

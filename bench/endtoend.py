@@ -114,6 +114,7 @@ def drain(settings: Settings, records: list[RawRecord], workdir: Path) -> dict[s
     peak_rss = 0
     first_commit_at = None
     bulk_s_at_first = 0.0
+    cpu_at_first = 0.0
     started = time.perf_counter()
     try:
         while True:
@@ -126,6 +127,7 @@ def drain(settings: Settings, records: list[RawRecord], workdir: Path) -> dict[s
             if done and first_commit_at is None:
                 first_commit_at = (time.perf_counter(), done)
                 bulk_s_at_first = bulk_seconds(port)
+                cpu_at_first = cpu_seconds(ps)
             if all(offsets.get(p, 0) >= n for p, n in per_partition.items()):
                 break
             if proc.poll() is not None:
@@ -133,6 +135,7 @@ def drain(settings: Settings, records: list[RawRecord], workdir: Path) -> dict[s
             time.sleep(0.2)
         finished = time.perf_counter()
         bulk_s = bulk_seconds(port) - bulk_s_at_first
+        cpu_s = cpu_seconds(ps) - cpu_at_first
     finally:
         proc.terminate()
         proc.wait(60)
@@ -147,7 +150,14 @@ def drain(settings: Settings, records: list[RawRecord], workdir: Path) -> dict[s
         # the search server busy all the time, whatever that server's speed at the moment.
         "share_in_bulk": round(bulk_s / max(1e-9, finished - t0), 3),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
+        # The daemon's CPU (user + system) per record over the same steady span.
+        "cpu_us_per_record": round(cpu_s / max(1, len(records) - n0) * 1e6, 1),
     }
+
+
+def cpu_seconds(ps: psutil.Process) -> float:
+    times = ps.cpu_times()
+    return float(times.user + times.system)
 
 
 def free_port() -> int:

@@ -5,6 +5,8 @@
 - pass through (the default);
 - answer 429/503 itself, for N requests or T seconds (``fail``);
 - hold the response past a client's timeout, after forwarding or instead of it (``delay``);
+- hold chosen requests (the n-th matching one onwards) until the test releases them, while
+  every other request passes (``hold``: out-of-order completion of requests in flight);
 - answer a ``_bulk`` request with HTTP 200, ``errors: true`` and item-level 429/503 for some
   items (``reject_items``, docs/design.md#item-results). The rejected items are *withheld* from the
   server by default, so the index really lacks them — as when Elasticsearch rejects them — and a
@@ -43,8 +45,12 @@ from urllib.parse import urlsplit
 PASS = "pass"
 FAIL = "fail"
 DELAY = "delay"
+HOLD = "hold"
 REJECT_ITEMS = "reject_items"
 TOO_LARGE = "too_large"
+
+#: A held request is answered after this long even if never released: nothing hangs forever.
+HOLD_MAX_S = 120.0
 
 _HOP_BY_HOP = {
     "connection",
@@ -88,6 +94,8 @@ class Fault:
     reason: str | None = None
     #: ``limit_body``: bodies longer than this get 413.
     max_body_bytes: int = 0
+    #: Matching requests let through untouched before the fault applies.
+    skip: int = 0
 
     def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         if self.body is not None and self.body not in body:
@@ -102,6 +110,17 @@ class Fault:
         return (self.remaining is not None and self.remaining <= 0) or (
             self.until is not None and now >= self.until
         )
+
+
+@dataclass
+class _Hold:
+    """Held requests: after ``skip`` matching ones, the next ``count`` wait for ``released``."""
+
+    path: re.Pattern[str]
+    skip: int
+    count: int
+    forward: bool
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -182,10 +201,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         proxy = self.server.proxy
         body = self._read_body()
-        fault = proxy._take_fault(self.command, self.path, body)
-        mode = PASS if fault is None else fault.mode
+        hold = proxy._take_hold(self.command, self.path, body)
+        fault = None if hold is not None else proxy._take_fault(self.command, self.path, body)
+        mode = HOLD if hold is not None else PASS if fault is None else fault.mode
         try:
-            if fault is None:
+            if hold is not None:
+                status = self._held(hold, body)
+            elif fault is None:
                 status = self._forward(body)
             elif fault.mode == FAIL:
                 status = self._answer_error(fault)
@@ -272,6 +294,20 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer_error(Fault(FAIL, status=504))
         status, headers, data = self._upstream(body)
         proxy._stopping.wait(fault.delay_s)
+        return self._send(status, headers, data)
+
+    def _held(self, hold: _Hold, body: bytes) -> int:
+        """Forward (the server applies it) or not, then answer only once released."""
+        proxy = self.server.proxy
+        answer = self._upstream(body) if hold.forward else None
+        deadline = time.monotonic() + HOLD_MAX_S
+        while not hold.released.wait(0.05):
+            if proxy._stopping.is_set() or time.monotonic() > deadline:
+                break
+        if answer is None:
+            status, headers, data = self._upstream(body)
+        else:
+            status, headers, data = answer
         return self._send(status, headers, data)
 
     def _reject_items(self, fault: Fault, body: bytes) -> int:
@@ -374,6 +410,11 @@ class HttpFaultProxy:
         self.upstream_timeout_s = upstream_timeout_s
         self._lock = threading.Lock()
         self._fault: Fault | None = None
+        self._hold: _Hold | None = None
+        #: Bodies of the requests held so far, in arrival order.
+        self.held: list[bytes] = []
+        #: Bodies of the requests failed by ``fail`` so far, in arrival order.
+        self.failed: list[bytes] = []
         self._stopping = threading.Event()
         self._product_header: tuple[str, str] | None = None
         self.counts: Counter[str] = Counter()
@@ -448,12 +489,14 @@ class HttpFaultProxy:
         path: str | None = None,
         body: bytes | None = None,
         retry_after_s: float | None = None,
+        skip: int = 0,
     ) -> None:
         """Answer ``status`` without forwarding, to ``count`` requests / for ``duration_s``.
 
         ``path`` is a regex the request path must match (e.g. ``r"_bulk"``); ``body`` bytes
         the request body must contain (fail exactly the bulk holding one marked record);
-        others pass. Neither count nor duration means until switched back.
+        others pass, and so do the first ``skip`` matching ones. Neither count nor duration
+        means until switched back.
         """
         fault = Fault(
             FAIL,
@@ -461,6 +504,7 @@ class HttpFaultProxy:
             path=re.compile(path) if path else None,
             body=body,
             retry_after_s=retry_after_s,
+            skip=skip,
         )
         self._set(fault, count, duration_s)
 
@@ -488,6 +532,36 @@ class HttpFaultProxy:
             body=body,
         )
         self._set(fault, count, duration_s)
+
+    def hold(
+        self, *, skip: int = 0, count: int = 1, path: str = r"_bulk", forward: bool = True
+    ) -> None:
+        """Hold requests whose path matches: the first ``skip`` pass, the next ``count`` are
+        answered only after :meth:`release` (at most ``HOLD_MAX_S``), later ones pass again.
+
+        Other faults keep applying to requests not held, so later requests can complete (or
+        fail) while an earlier one is held. ``forward=True`` sends the request upstream at
+        once — applied by the server, unacknowledged to the client until released.
+        """
+        with self._lock:
+            if self._hold is not None:
+                self._hold.released.set()
+            self._hold = _Hold(re.compile(path), skip, count, forward)
+
+    def release(self) -> None:
+        """Answer every held request now; the hold ends."""
+        with self._lock:
+            hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.released.set()
+
+    def wait_held(self, n: int = 1, timeout_s: float = 30.0) -> None:
+        """Block until ``n`` requests are being (or were) held; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while self.taken[HOLD] < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fault proxy held {self.taken[HOLD]} requests, wanted {n}")
+            time.sleep(0.02)
 
     def reject_items(
         self,
@@ -520,6 +594,19 @@ class HttpFaultProxy:
 
     # ---------------------------------------------------------------- bookkeeping
 
+    def _take_hold(self, method: str, path: str, body: bytes) -> _Hold | None:
+        with self._lock:
+            hold = self._hold
+            if hold is None or hold.count <= 0 or not hold.path.search(path):
+                return None
+            if hold.skip > 0:
+                hold.skip -= 1
+                return None
+            hold.count -= 1
+            self.taken[HOLD] += 1
+            self.held.append(body)
+            return hold
+
     def _take_fault(self, method: str, path: str, body: bytes = b"") -> Fault | None:
         with self._lock:
             fault = self._fault
@@ -530,9 +617,14 @@ class HttpFaultProxy:
                 return None
             if not fault.matches(method, path, body):
                 return None
+            if fault.skip > 0:
+                fault.skip -= 1
+                return None
             if fault.remaining is not None:
                 fault.remaining -= 1
             self.taken[fault.mode] += 1
+            if fault.mode == FAIL:
+                self.failed.append(body)
             return fault
 
     def _record(self, seen: SeenRequest) -> None:
