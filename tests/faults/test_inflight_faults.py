@@ -30,7 +30,7 @@ from tests.support.daemon import (
     wait_for,
     write_config,
 )
-from tests.support.fault_proxy import DELAY, FAIL, HOLD, HttpFaultProxy, parse_bulk
+from tests.support.fault_proxy import DELAY, FAIL, HOLD, PASS, HttpFaultProxy, parse_bulk
 
 pytestmark = pytest.mark.faults
 
@@ -78,9 +78,9 @@ def test_ledger_never_commits_past_a_held_request(
     tmp_path: Path,
     daemons: Callable[..., DaemonProcess],
 ) -> None:
-    """The third bulk request is applied by the server but held unanswered while later ones
-    complete, one after two 503s: the ledger stays below the held batch's first offset the
-    whole time, then catches up exactly once it is answered."""
+    """The third of five bulk requests is applied by the server but held unanswered while the
+    two later ones complete, one after two 503s: the ledger reaches the held batch's first
+    offset and stays there, then catches up exactly once it is answered."""
     with HttpFaultProxy(search_url) as proxy:
         settings = make_settings(
             partitions=1,
@@ -89,7 +89,7 @@ def test_ledger_never_commits_past_a_held_request(
             linger_s=5.0,
             max_in_flight=4,
         )
-        summary = run_produce(settings, "orders", 400, seed=81)
+        summary = run_produce(settings, "orders", 200, seed=81)
         offsets = offsets_by_id(settings)
         proxy.hold(skip=2, count=1, forward=True)
         daemon = daemons(
@@ -99,14 +99,15 @@ def test_ledger_never_commits_past_a_held_request(
         proxy.wait_held(1, timeout_s=90)
         held_at = time.monotonic()
         proxy.fail(503, count=2, path=r"_bulk")
-        wait_for(lambda: bulk_answered_since(proxy, held_at) >= 5, 60, "later requests to end")
+        wait_for(lambda: bulk_answered_since(proxy, held_at) >= 4, 60, "later requests to end")
         held_from = first_offset(proxy.held, offsets)
         assert held_from > 0
+        wait_for(lambda: ledger_offsets(settings).get(0, 0) >= held_from, 30, "earlier commits")
         seen: list[int] = []
         for _ in range(10):
             seen.append(ledger_offsets(settings).get(0, 0))
             time.sleep(0.2)
-        assert max(seen) <= held_from, f"committed {max(seen)} past the held batch at {held_from}"
+        assert set(seen) == {held_from}, f"ledger {seen}, held batch starts at {held_from}"
         sample = scrape(port)
         assert sample['ingest_in_flight_limit{stream="orders"}'] == 4.0
         assert sample['ingest_in_flight_requests{stream="orders"}'] >= 1.0
@@ -123,9 +124,9 @@ def test_spent_retry_budget_commits_nothing_past_the_failed_batch(
     tmp_path: Path,
     daemons: Callable[..., DaemonProcess],
 ) -> None:
-    """With 4 in flight, every bulk request after the second fails until the budget is spent:
-    the daemon exits 1 with the ledger exactly at the first failed batch's first offset, and
-    a restart converges."""
+    """With 4 in flight, the third of five batches fails until the budget is spent while the
+    later ones are written: the daemon exits 1 with the ledger exactly at the failed batch's
+    first offset, and a restart converges."""
     with HttpFaultProxy(search_url) as proxy:
         settings = make_settings(
             partitions=1,
@@ -135,12 +136,14 @@ def test_spent_retry_budget_commits_nothing_past_the_failed_batch(
             linger_s=5.0,
             max_in_flight=4,
         )
-        summary = run_produce(settings, "orders", 400, seed=82)
+        summary = run_produce(settings, "orders", 200, seed=82)
         offsets = offsets_by_id(settings)
-        proxy.fail(503, path=r"_bulk", skip=2)
+        third = next(doc for doc, offset in offsets.items() if offset == 80)
+        proxy.fail(503, path=r"_bulk", body=b'"_id":"' + third.encode() + b'"')
         daemon = daemons(write_config(settings, tmp_path / "c.toml"))
         assert daemon.proc.wait(90) == 1, daemon.output()
-        assert len(proxy.failed) >= 4
+        assert len(proxy.failed) >= 2
+        assert len(proxy.seen(PASS, path=r"_bulk")) >= 4
         assert ledger_offsets(settings) == {0: first_offset(proxy.failed, offsets)}
         proxy.pass_through()
         again = daemons(write_config(settings, tmp_path / "c.toml"))
