@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,64 @@ def test_a_chunk_held_too_long_raises_busy_without_touching_the_row() -> None:
         )
     assert ledger.rows["task-1"]["status"] == "running"
     assert ledger.rows["task-1"]["owner"] == "other"
+
+
+class FirstAnsweredLast(FakeSearch):
+    """Bulk answers out of order: the first request is held until the third one is done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.third_done = threading.Event()
+        self.answered: list[int] = []
+
+    def bulk(self, body: bytes) -> dict[str, Any]:
+        with self._lock:
+            self.requests += 1
+            n = self.requests
+        if n == 1:
+            assert self.third_done.wait(10), "the third request never came"
+        with self._lock:
+            answer = super().bulk(body)
+            self.requests -= 1  # super() counted it again
+            self.answered.append(n)
+        if n == 3:
+            self.third_done.set()
+        return answer
+
+
+class ReadAfterThird(ListSource):
+    """Yields the records from offset 15 on only once the third bulk request is answered, so
+    the copy looks for commits while the first one is still held."""
+
+    def __init__(self, records: list[RawRecord], search: FirstAnsweredLast) -> None:
+        super().__init__(records)
+        self._search = search
+
+    def read(self, position: int, batch_records: int) -> Iterator[list[RawRecord]]:
+        for batch in super().read(position, batch_records):
+            if batch[0].offset >= 15:
+                assert self._search.third_done.wait(10)
+            yield batch
+
+
+def test_batches_in_flight_commit_in_read_order() -> None:
+    """With 4 in flight and the first bulk answered last, each batch's dead letters and the
+    chunk's progress are still committed batch by batch in read order."""
+    stream = STREAM.model_copy(update={"max_in_flight": 4})
+    spec = ChunkSpec("task-1", "KafkaTimeChunk", stream, {"partition": "0"}, "orders p0", "idx")
+    ledger, search = FakeLedger(), FirstAnsweredLast()
+    progress: list[int] = []
+    result = run_chunk(
+        _components(ledger, search),
+        spec,
+        ReadAfterThird(_records(20, corrupt=[2, 12]), search),
+        run_id=7,
+        sleep=lambda s: None,
+        on_progress=lambda read, size, counts: progress.append(read),
+    )
+    assert result.status == "done"
+    assert search.answered[0] != 1 and 1 in search.answered
+    assert [d.record.offset for dls, _, _ in ledger.commits for d in dls] == [2, 12]
+    assert progress == [5, 10, 15, 20, 20]  # the last one: the end of the read
+    assert ledger.rows["task-1"]["counts"]["indexed"] == 18
