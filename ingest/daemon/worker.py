@@ -234,7 +234,7 @@ class StreamWorker:
             source, self._source = self._source, None
             if not clean:
                 self._batch = Batch()
-                self._inflight.close()
+            self._inflight.close()  # after a failure, what is in flight stays uncommitted
             if source is not None:
                 source.close()
         log.info("stream_stopped", stream=self.stream.name, **dict(self.totals))

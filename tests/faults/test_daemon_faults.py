@@ -13,7 +13,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,22 +79,6 @@ class Background:
         self._thread.join(120)
         assert self.summary is not None and self.summary.failed == 0
         return self.summary
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    counter = iter(range(1000))
-
-    def start(config: Path, **kw: object) -> DaemonProcess:
-        d = DaemonProcess(config, tmp_path / f"daemon-{next(counter)}.log", **kw)  # type: ignore[arg-type]
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.alive():
-            d.kill9()
 
 
 def test_kill_9_at_random_points_converges(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,22 +33,6 @@ from tests.support.daemon import (
 from tests.support.fault_proxy import DELAY, FAIL, HOLD, PASS, HttpFaultProxy, parse_bulk
 
 pytestmark = pytest.mark.faults
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    counter = iter(range(1000))
-
-    def start(config: Path, **kw: object) -> DaemonProcess:
-        d = DaemonProcess(config, tmp_path / f"daemon-{next(counter)}.log", **kw)  # type: ignore[arg-type]
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.alive():
-            d.kill9()
 
 
 def offsets_by_id(settings: Settings) -> dict[str, int]:

@@ -208,16 +208,22 @@ def test_a_flush_in_retries_keeps_heartbeating() -> None:
     assert ledger.beats == [{"dual_write_version": 2}]
 
 
-def test_fence_on_revoke_keeps_the_kept_partitions_of_batches_in_flight() -> None:
-    """With two batches in flight, the first commit of a cooperative revoke of partition 0
-    fails fenced: neither batch is committed, partition 1's records of both stay buffered
-    in read order, and partition 0's are dropped."""
-    writer = FakeWriter()
+def _in_flight_over_two_partitions(writer: FakeWriter) -> StreamWorker:
+    """A worker allowed 4 in flight with one batch of partitions 0 and 1 submitted."""
     worker = _worker(FakeLedger(), writer, max_in_flight=4)
     worker._generations = {0: 2, 1: 2}
     _fill(worker._batch, 0, range(0, 4))
     _fill(worker._batch, 1, range(20, 24))
     worker._submit()
+    return worker
+
+
+def test_fence_on_revoke_keeps_the_kept_partitions_of_batches_in_flight() -> None:
+    """With two batches in flight, the first commit of a cooperative revoke of partition 0
+    fails fenced: neither batch is committed, partition 1's records of both stay buffered
+    in read order, and partition 0's are dropped."""
+    writer = FakeWriter()
+    worker = _in_flight_over_two_partitions(writer)
     _fill(worker._batch, 0, range(4, 8))
     _fill(worker._batch, 1, range(24, 28))
     worker._submit()
@@ -239,12 +245,7 @@ def test_fence_on_revoke_keeps_the_kept_partitions_of_batches_in_flight() -> Non
 def test_lost_partitions_are_never_committed_from_batches_in_flight() -> None:
     """Partition 0 is lost while a batch holding it is in flight: the batch still commits
     partition 1's offsets, never partition 0's."""
-    writer = FakeWriter()
-    worker = _worker(FakeLedger(), writer, max_in_flight=4)
-    worker._generations = {0: 2, 1: 2}
-    _fill(worker._batch, 0, range(0, 4))
-    _fill(worker._batch, 1, range(20, 24))
-    worker._submit()
+    worker = _in_flight_over_two_partitions(FakeWriter())
 
     worker._on_lost([0])
     worker._inflight.drain()
