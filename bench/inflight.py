@@ -43,11 +43,25 @@ def _pass(
     delay_s: float,
 ) -> dict[str, Any]:
     settings = fresh_settings(endpoints, max_in_flight=max_in_flight, max_batch_records=batch)
+    workdir.mkdir()
     if delay_s <= 0:
-        return drain(settings, records, workdir)
-    with LatencyProxy(endpoints.search_url, delay_s) as proxy:
-        far = SearchSettings(url=proxy.url, request_timeout_s=120)
-        return drain(settings.model_copy(update={"search": far}), records, workdir)
+        result = drain(settings, records, workdir)
+    else:
+        with LatencyProxy(endpoints.search_url, delay_s) as proxy:
+            far = SearchSettings(url=proxy.url, request_timeout_s=120)
+            result = drain(settings.model_copy(update={"search": far}), records, workdir)
+    if max_in_flight == "auto":
+        result["auto_limits"] = limit_moves(workdir / "daemon.log")
+    return result
+
+
+def limit_moves(log: Path) -> list[int]:
+    """The adaptive limit's values in order, from the daemon's ``in_flight_limit_changed``."""
+    moves = []
+    for line in log.read_text(errors="replace").splitlines():
+        if "in_flight_limit_changed" in line and line.startswith("{"):
+            moves.append(int(json.loads(line)["limit"]))
+    return moves
 
 
 def run(
@@ -63,8 +77,9 @@ def run(
             if d > 0:
                 ceilings.append(ceiling(endpoints, records, per_request=batch))
             for setting in SETTINGS:
+                workdir = Path(tmp) / f"{setting}-{round(d * 1000)}ms"
                 result = _pass(
-                    endpoints, records, Path(tmp), max_in_flight=setting, batch=batch, delay_s=d
+                    endpoints, records, workdir, max_in_flight=setting, batch=batch, delay_s=d
                 )
                 passes.append({"delay_ms": round(d * 1000), "max_in_flight": setting, **result})
                 print("inflight pass:", json.dumps(passes[-1]), flush=True)

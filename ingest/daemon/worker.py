@@ -46,7 +46,7 @@ from ingest.kafka.config import consumer_config
 from ingest.kafka.consumer import KafkaSource
 from ingest.ledger import OffsetCommit
 from ingest.pipeline.batch import Batch, FlushPolicy
-from ingest.pipeline.inflight import InFlight, limit_for
+from ingest.pipeline.inflight import InFlight, LimitChange, limit_for
 from ingest.pipeline.process import Written
 from ingest.pipeline.wiring import Components, build_pipeline
 from ingest.retry import RetryEvent, retrying
@@ -381,9 +381,16 @@ class StreamWorker:
             self._metrics.in_flight(self.stream.name, inflight.count, inflight.limit)
             self._metrics.buffered(self.stream.name, self._batch.size_bytes + inflight.bytes)
 
-    def _limit_changed(self, limit: int, reason: str) -> None:
+    def _limit_changed(self, change: LimitChange) -> None:
         """The adaptive in-flight limit moved (on a writer thread)."""
-        log.info("in_flight_limit_changed", stream=self.stream.name, limit=limit, reason=reason)
+        log.info(
+            "in_flight_limit_changed",
+            stream=self.stream.name,
+            limit=change.limit,
+            reason=change.reason,
+            mean_s=None if change.mean_s is None else round(change.mean_s, 3),
+            baseline_s=None if change.baseline_s is None else round(change.baseline_s, 3),
+        )
 
     def _on_retry(self, event: RetryEvent) -> None:
         if self._health:

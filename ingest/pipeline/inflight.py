@@ -65,6 +65,8 @@ class Ticket(Generic[T]):
     size_bytes: int
     #: The window was full when this one started (the limit was in use, so growing may help).
     saturated: bool = False
+    #: The limit's epoch when this one started (see :class:`AdaptiveLimit`).
+    epoch: int = 0
     phase: Phase = Phase.WRITING
     result: Any = None
     error: BaseException | None = None
@@ -90,9 +92,11 @@ class CommitOrder(Generic[T]):
     def __iter__(self) -> Iterator[Ticket[T]]:
         return iter(self._tickets)
 
-    def open(self, item: T, size_bytes: int, *, saturated: bool = False) -> Ticket[T]:
+    def open(
+        self, item: T, size_bytes: int, *, saturated: bool = False, epoch: int = 0
+    ) -> Ticket[T]:
         """Register a batch whose write starts now, behind every earlier one."""
-        ticket = Ticket(self._next_seq, item, size_bytes, saturated)
+        ticket = Ticket(self._next_seq, item, size_bytes, saturated, epoch)
         self._next_seq += 1
         self._tickets.append(ticket)
         self.bytes += size_bytes
@@ -143,9 +147,25 @@ class Limit(Protocol):
     @property
     def value(self) -> int: ...
 
-    def observe(self, latency_s: float, *, backoff: bool, saturated: bool) -> None:
-        """One write ended after ``latency_s``; ``backoff`` when the server pushed back."""
+    @property
+    def epoch(self) -> int: ...
+
+    def observe(self, latency_s: float, *, backoff: bool, saturated: bool, epoch: int = 0) -> None:
+        """One write ended after ``latency_s``; ``backoff`` when the server pushed back;
+        ``epoch`` is the limit's :attr:`epoch` when the write started."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    """One move of an adaptive limit, and the latencies that decided it."""
+
+    limit: int
+    reason: str
+    #: Mean bulk latency of the window that decided (None when every write pushed back).
+    mean_s: float | None
+    #: The latency the window was compared with.
+    baseline_s: float | None
 
 
 class FixedLimit:
@@ -155,8 +175,9 @@ class FixedLimit:
         if value < 1:
             raise ValueError("the in-flight limit is at least 1")
         self.value = value
+        self.epoch = 0
 
-    def observe(self, latency_s: float, *, backoff: bool, saturated: bool) -> None:
+    def observe(self, latency_s: float, *, backoff: bool, saturated: bool, epoch: int = 0) -> None:
         """A fixed limit learns nothing."""
 
 
@@ -172,7 +193,11 @@ class AdaptiveLimit:
     - otherwise, if the window was in use (a batch waited for a slot): one more.
 
     ``baseline`` is the lowest window mean seen, drifting up by ``drift`` of the gap each
-    window so that a cluster that became slower for good is accepted as the new normal.
+    window so that a cluster that became slower for good is accepted as the new normal. The
+    default ``tolerance`` of 1.0 halves once latency doubled: a loaded machine's latencies
+    swing by a third from one window to the next, and a server a round trip away shows no
+    rise at all until it is busy. Each decrease starts a new ``epoch``: writes started
+    before it (at the higher concurrency) are not counted against the new limit.
     Latency is per request, so it compares like with like while batches are full (a backlog,
     where concurrency matters); with small lingering batches the limit hardly matters.
     """
@@ -181,9 +206,9 @@ class AdaptiveLimit:
         self,
         maximum: int = AUTO_MAX_IN_FLIGHT,
         *,
-        tolerance: float = 0.5,
+        tolerance: float = 1.0,
         drift: float = 0.05,
-        on_change: Callable[[int, str], None] | None = None,
+        on_change: Callable[[LimitChange], None] | None = None,
     ) -> None:
         if maximum < 1:
             raise ValueError("the in-flight maximum is at least 1")
@@ -196,8 +221,11 @@ class AdaptiveLimit:
         self._samples: list[float] = []
         self._backoff = False
         self._saturated = False
+        self.epoch = 0
 
-    def observe(self, latency_s: float, *, backoff: bool, saturated: bool) -> None:
+    def observe(self, latency_s: float, *, backoff: bool, saturated: bool, epoch: int = 0) -> None:
+        if epoch < self.epoch:
+            return
         self._backoff |= backoff
         self._saturated |= saturated
         if not backoff:
@@ -205,7 +233,7 @@ class AdaptiveLimit:
         if len(self._samples) < self.value and not self._backoff:
             return
         mean = sum(self._samples) / len(self._samples) if self._samples else None
-        before, reason = self.value, ""
+        before, reason, baseline = self.value, "", self.baseline_s
         if self._backoff:
             self.value, reason = max(1, self.value // 2), "backoff"
         elif (
@@ -222,15 +250,17 @@ class AdaptiveLimit:
             else:
                 self.baseline_s += self._drift * (mean - self.baseline_s)
         self._samples, self._backoff, self._saturated = [], False, False
+        if self.value < before:
+            self.epoch += 1
         if self.value != before and self._on_change is not None:
-            self._on_change(self.value, reason)
+            self._on_change(LimitChange(self.value, reason, mean, baseline))
 
 
 def limit_for(
-    max_in_flight: int | Literal["auto"], *, on_change: Callable[[int, str], None] | None = None
+    max_in_flight: int | Literal["auto"], *, on_change: Callable[[LimitChange], None] | None = None
 ) -> FixedLimit | AdaptiveLimit:
-    """The limit a stream's ``max_in_flight`` setting asks for; ``on_change(limit, reason)``
-    hears each move of an adaptive one (on a writer thread)."""
+    """The limit a stream's ``max_in_flight`` setting asks for; ``on_change`` hears each move
+    of an adaptive one (on a writer thread)."""
     if max_in_flight == "auto":
         return AdaptiveLimit(on_change=on_change)
     return FixedLimit(max_in_flight)
@@ -319,7 +349,9 @@ class InFlight(Generic[T, R]):
             self._commit_head(block=True)
         with self._cond:
             saturated = len(self._order) + 1 >= self.limiter.value
-            ticket = self._order.open(item, size_bytes, saturated=saturated)
+            ticket = self._order.open(
+                item, size_bytes, saturated=saturated, epoch=self.limiter.epoch
+            )
             if self._idle == 0:
                 self._spawn()
             self._idle -= 1
@@ -416,7 +448,10 @@ class InFlight(Generic[T, R]):
             with self._cond:
                 CommitOrder.written(ticket, result)
                 self.limiter.observe(
-                    took_s, backoff=self._backoff(result), saturated=ticket.saturated
+                    took_s,
+                    backoff=self._backoff(result),
+                    saturated=ticket.saturated,
+                    epoch=ticket.epoch,
                 )
                 self._idle += 1
                 self._cond.notify_all()

@@ -16,6 +16,7 @@ from ingest.pipeline.inflight import (
     CommitOrder,
     FixedLimit,
     InFlight,
+    LimitChange,
     Phase,
     limit_for,
 )
@@ -259,20 +260,36 @@ def test_auto_does_not_grow_while_the_window_is_not_in_use() -> None:
     ("latency_s", "backoff", "expected"),
     [
         pytest.param(1.0, True, 3, id="429-halves"),
-        pytest.param(1.8, False, 3, id="rising-latency-halves"),
-        pytest.param(1.3, False, 7, id="latency-within-tolerance-grows"),
+        pytest.param(2.2, False, 3, id="latency-doubled-halves"),
+        pytest.param(1.8, False, 7, id="latency-within-tolerance-grows"),
     ],
 )
 def test_auto_halves_on_backoff_or_rising_latency(
     latency_s: float, backoff: bool, expected: int
 ) -> None:
-    changes: list[tuple[int, str]] = []
-    limit = AdaptiveLimit(maximum=8, on_change=lambda v, why: changes.append((v, why)))
+    changes: list[LimitChange] = []
+    limit = AdaptiveLimit(maximum=8, on_change=changes.append)
     while limit.value < 6:
         feed(limit, 1.0, limit.value)
     feed(limit, latency_s, 1 if backoff else limit.value, backoff=backoff)
     assert limit.value == expected
-    assert changes[-1][0] == expected
+    assert changes[-1].limit == expected
+
+
+def test_auto_ignores_writes_started_before_a_decrease() -> None:
+    """Slow writes started at the old, higher limit do not halve the new limit again."""
+    limit = AdaptiveLimit(maximum=8)
+    while limit.value < 6:
+        feed(limit, 1.0, limit.value)
+    before = limit.epoch
+    feed(limit, 1.0, 1, backoff=True)
+    assert limit.value == 3 and limit.epoch == before + 1
+    for _ in range(5):
+        limit.observe(5.0, backoff=False, saturated=True, epoch=before)
+    assert limit.value == 3
+    for _ in range(3):
+        limit.observe(1.0, backoff=False, saturated=True, epoch=limit.epoch)
+    assert limit.value == 4
 
 
 def test_auto_never_goes_below_one() -> None:
