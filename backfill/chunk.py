@@ -405,10 +405,10 @@ class _ChunkCopy:
                 next_position = records[-1].offset + 1
                 if batch.is_due(policy, time.monotonic()):
                     read = _Read(batch, skipped, next_position, read_bytes)
-                    inflight.submit(read, batch.size_bytes)
+                    inflight.submit(read, batch.held_bytes())
                     batch, skipped, read_bytes = Batch(), 0, 0
                 inflight.make_room(batch.size_bytes, max_buffered)
-            inflight.submit(_Read(batch, skipped, next_position, read_bytes), batch.size_bytes)
+            inflight.submit(_Read(batch, skipped, next_position, read_bytes), batch.held_bytes())
             inflight.drain()
         finally:
             inflight.close()

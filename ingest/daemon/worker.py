@@ -336,7 +336,7 @@ class StreamWorker:
         ]
         targets = self._router.targets()
         self._batch = Batch()
-        self._inflight.submit(_Submitted(batch, targets, offsets, next_offsets), batch.size_bytes)
+        self._inflight.submit(_Submitted(batch, targets, offsets, next_offsets), batch.held_bytes())
         self._in_flight_changed()
 
     def _commit(self, item: _Submitted, written: Written) -> None:

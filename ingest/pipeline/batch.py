@@ -61,6 +61,11 @@ class Batch:
         if self.records and (self.opened_at is None or since < self.opened_at):
             self.opened_at = since
 
+    def held_bytes(self) -> int:
+        """Bytes the batch keeps in memory until its commit: the raw records plus the
+        documents rendered from them (counted against ``max_buffered_bytes`` in flight)."""
+        return self.size_bytes + sum(len(a.body) for a in self.actions if a.body is not None)
+
     def add_action(self, action: IndexAction) -> None:
         self.actions.append(action)
 

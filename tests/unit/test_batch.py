@@ -120,3 +120,12 @@ def test_absorb_appends_a_later_batch() -> None:
     assert first.next_offsets() == {("t", 0): 5, ("t", 1): 6}
     assert first.first_offsets == {("t", 0): 1, ("t", 1): 5}
     assert first.records == 5 and first.size_bytes == 50 and first.opened_at == 1.0
+
+
+def test_held_bytes_count_records_and_rendered_documents() -> None:
+    """A batch in flight holds its raw records and the documents rendered from them."""
+    batch = Batch()
+    batch.note(rec(1, size=10), now=0.0)
+    batch.add_action(IndexAction("index", "a", 1, b'{"x":1}', rec(1)))
+    batch.add_action(IndexAction("delete", "b", 1, None, rec(1)))
+    assert batch.held_bytes() == 10 + 7
