@@ -343,8 +343,11 @@ class StreamWorker:
         """The commit phase of one batch, in offset order: ledger, then Kafka (lag tools)."""
         batch = item.batch
         outcome = self._writer.commit(written, item.offsets)
-        # The handoff of a reindex: a ledger call like the commit, retried the same way.
-        self._retry_ledger(self._router.note_flush, batch.first_offsets)
+        if item.targets == self._router.targets():
+            # The handoff of a reindex, marked only by a batch written to the index being
+            # built: one submitted before the router saw the reindex may commit after.
+            # A ledger call like the commit, retried the same way.
+            self._retry_ledger(self._router.note_flush, batch.first_offsets)
         if self._source is not None and item.next_offsets:
             self._source.commit(item.next_offsets)
         self.totals.update(outcome.counters())

@@ -251,3 +251,24 @@ def test_lost_partitions_are_never_committed_from_batches_in_flight() -> None:
     worker._inflight.drain()
 
     assert worker._source.commits == [{1: 24}]  # type: ignore[union-attr]
+
+
+def test_handoff_is_marked_by_the_first_batch_written_to_the_new_index() -> None:
+    """A reindex starts while a batch written to the alias alone is in flight: the handoff
+    is the first offset of the first batch that also went to the index being built."""
+    now = datetime.now(UTC)
+    ledger = FakeLedger()
+    writer = FakeWriter()
+    worker = _worker(ledger, writer, max_in_flight=4)
+    worker._generations = {0: 1}
+    _fill(worker._batch, 0, range(10, 14))
+    worker._submit()
+    ledger.building = IndexVersionRow("o", 2, "o-v2", "fp", "building", now, now)
+    worker._router.refresh()
+    _fill(worker._batch, 0, range(14, 18))
+    worker._submit()
+
+    worker._inflight.drain()
+
+    assert ledger.handoffs == [{0: 14}]
+    assert worker._source.commits == [{0: 14}, {0: 18}]  # type: ignore[union-attr]
