@@ -410,6 +410,11 @@ class _ChunkCopy:
                 inflight.make_room(batch.size_bytes, max_buffered)
             inflight.submit(_Read(batch, skipped, next_position, read_bytes), batch.held_bytes())
             inflight.drain()
+        except TransientError:
+            # The source failed (the sink and the ledger retry on their own): what is in
+            # flight is fine, so commit it and let the retry resume after it.
+            inflight.drain()
+            raise
         finally:
             inflight.close()
 
