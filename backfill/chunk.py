@@ -46,7 +46,7 @@ from ingest.pipeline.batch import Batch, FlushPolicy
 from ingest.pipeline.inflight import InFlight, limit_for
 from ingest.pipeline.process import BatchWriter, RecordProcessor, Written
 from ingest.pipeline.wiring import Components, build_pipeline
-from ingest.retry import RetryEvent, retrying
+from ingest.retry import retrying
 from ingest.search.indices import IndexRouter, ensure_live_index
 from ingest.settings import StreamSettings
 from ingest.types import RawRecord
@@ -322,7 +322,6 @@ class _ChunkCopy:
             self._components,
             self._stream,
             run_id=self._run_id,
-            on_retry=self._on_retry,
             path="backfill",
         )
         budget_s = self._settings.runtime.max_retry_s
@@ -431,12 +430,3 @@ class _ChunkCopy:
         if self._on_progress is not None:
             read_so_far = self.counts["consumed"] + self.counts["skipped"]
             self._on_progress(read_so_far, self._source.size, self.counts)
-
-    def _on_retry(self, event: RetryEvent) -> None:
-        log.warning(
-            "backfill_sink_retry",
-            chunk=self._spec.label,
-            attempt=event.attempt,
-            error=str(event.error),
-            wait_s=round(event.wait_s, 3),
-        )

@@ -96,8 +96,9 @@ class StreamWorker:
         self._ledger = components.ledger
         self._search = components.search
         self._stop = stop
-        self._metrics = metrics
-        self._health = health
+        # Without a metrics server the figures still go somewhere: a registry nobody scrapes.
+        self._metrics = metrics if metrics is not None else Metrics(process_metrics=False)
+        self._health = health if health is not None else Health()
         self._policy = FlushPolicy(
             max_records=stream.max_batch_records,
             max_bytes=min(stream.max_batch_bytes, settings.runtime.max_buffered_bytes),
@@ -105,9 +106,8 @@ class StreamWorker:
         )
         pipeline = build_pipeline(components, stream, on_retry=self._on_retry)
         self._processor = pipeline.processor
-        if metrics:
-            metrics.register_stream(stream.name)
-            metrics.fast_path(stream.name, self._processor.fast_path_on)
+        self._metrics.register_stream(stream.name)
+        self._metrics.fast_path(stream.name, self._processor.fast_path_on)
         self._writer = pipeline.writer
         self._inflight: InFlight[_Submitted, Written] = InFlight(
             lambda item: self._writer.write(item.batch, item.targets),
@@ -126,7 +126,9 @@ class StreamWorker:
         self.totals: Counter[str] = Counter()
         self._summarised = 0
         self._retry_ledger = retrying(
-            max_total_s=settings.runtime.max_retry_s, on_retry=self._on_retry, what="ledger"
+            max_total_s=settings.runtime.max_retry_s,
+            on_retry=self._on_retry,
+            what=f"ledger ({stream.name})",
         )
         self.run_id: int | None = None
         self._retry_beat_at = float("-inf")
@@ -190,8 +192,7 @@ class StreamWorker:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if self._health:
-                    self._health.beat(now)
+                self._health.beat(now)
                 timeout = min(1.0, max(0.05, self._batch.time_left_s(self._policy, now)))
                 if flushed_from is not None:
                     timeout = 0.0
@@ -205,11 +206,10 @@ class StreamWorker:
                         self._processor.process(records, self._batch, now)
                         if flushed_from is not None:
                             self._batch.waiting_since(flushed_from)
-                        if self._metrics:
-                            self._metrics.consumed(self.stream.name, len(records))
-                            self._metrics.buffered(
-                                self.stream.name, self._batch.size_bytes + self._inflight.bytes
-                            )
+                        self._metrics.consumed(self.stream.name, len(records))
+                        self._metrics.buffered(
+                            self.stream.name, self._batch.size_bytes + self._inflight.bytes
+                        )
                     flushed_from = None
                     if self._batch.is_due(self._policy, now):
                         self._submit()
@@ -351,23 +351,21 @@ class StreamWorker:
         if self._source is not None and item.next_offsets:
             self._source.commit(item.next_offsets)
         self.totals.update(outcome.counters())
-        if self._health:
-            self._health.flushed(stream=self.stream.name)
-        if self._metrics:
-            self._metrics.flushed(
-                self.stream.name,
-                indexed=outcome.indexed,
-                deleted=outcome.deleted,
-                conflicts=outcome.conflicts,
-                dead=dict(outcome.dead_letters),
-                batch_records=outcome.records,
-                took_s=outcome.took_s,
-                python_path=outcome.python_path,
+        self._health.flushed(stream=self.stream.name)
+        self._metrics.flushed(
+            self.stream.name,
+            indexed=outcome.indexed,
+            deleted=outcome.deleted,
+            conflicts=outcome.conflicts,
+            dead=dict(outcome.dead_letters),
+            batch_records=outcome.records,
+            took_s=outcome.took_s,
+            python_path=outcome.python_path,
+        )
+        if outcome.latency:
+            self._metrics.ingestion_latency(
+                self.stream.name, outcome.latency.path, outcome.latency.samples
             )
-            if outcome.latency:
-                self._metrics.ingestion_latency(
-                    self.stream.name, outcome.latency.path, outcome.latency.samples
-                )
         log.debug(
             "batch_flushed",
             stream=self.stream.name,
@@ -379,10 +377,9 @@ class StreamWorker:
         self._in_flight_changed()
 
     def _in_flight_changed(self) -> None:
-        if self._metrics:
-            inflight = self._inflight
-            self._metrics.in_flight(self.stream.name, inflight.count, inflight.limit)
-            self._metrics.buffered(self.stream.name, self._batch.size_bytes + inflight.bytes)
+        inflight = self._inflight
+        self._metrics.in_flight(self.stream.name, inflight.count, inflight.limit)
+        self._metrics.buffered(self.stream.name, self._batch.size_bytes + inflight.bytes)
 
     def _limit_changed(self, change: LimitChange) -> None:
         """The adaptive in-flight limit moved (on a writer thread)."""
@@ -396,18 +393,9 @@ class StreamWorker:
         )
 
     def _on_retry(self, event: RetryEvent) -> None:
-        if self._health:
-            self._health.retry_started(event.started_at, stream=self.stream.name)
-        if self._metrics:
-            self._metrics.retry(self.stream.name)
-        log.warning(
-            "transient_failure_retry",
-            stream=self.stream.name,
-            attempt=event.attempt,
-            error=str(event.error),
-            wait_s=round(event.wait_s, 3),
-            elapsed_s=round(event.elapsed_s, 3),
-        )
+        """Readiness and the retry counter; :func:`ingest.retry.retrying` logs the retry."""
+        self._health.retry_started(event.started_at, stream=self.stream.name)
+        self._metrics.retry(self.stream.name)
         self._beat_while_retrying()
 
     def _beat_while_retrying(self) -> None:
@@ -437,13 +425,11 @@ class StreamWorker:
         gauges = {"dual_write_version": self._router.dual_write_version or 0}
         if not self._ledger.heartbeat(self.run_id, gauges):
             log.warning("run_marked_stale", run_id=self.run_id)
-        if self._metrics:
-            self._metrics.heartbeat(self.stream.name)
+        self._metrics.heartbeat(self.stream.name)
         self._ledger.prune_latency(self.stream.name, LATENCY_KEEP_S)
         lag = self._source.lag() if self._source is not None else {}
-        if self._metrics:
-            for p, n in lag.items():
-                self._metrics.lag(self.stream.name, p, n)
+        for p, n in lag.items():
+            self._metrics.lag(self.stream.name, p, n)
 
     def _summary(self, elapsed_s: float) -> None:
         """The periodic throughput/lag line; rates are over the time since the last one."""

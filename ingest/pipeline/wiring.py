@@ -119,6 +119,7 @@ def build_pipeline(
         max_request_bytes=settings.search.max_bulk_bytes,
         on_retry=on_retry,
         pipeline=stream.pipeline,
+        what=f"bulk write ({stream.name})",
     )
     writer = BatchWriter(
         stream,
@@ -127,7 +128,9 @@ def build_pipeline(
         run_id=run_id,
         publish_dead_letters=_dead_letter_publisher(settings, stream, on_retry),
         retry=retrying(
-            max_total_s=settings.runtime.max_retry_s, on_retry=on_retry, what="ledger commit"
+            max_total_s=settings.runtime.max_retry_s,
+            on_retry=on_retry,
+            what=f"ledger commit ({stream.name})",
         ),
         path=path,
         event_time=event_time_for(stream.event_time_field, stream.version_field, codec.reader.raw),

@@ -222,6 +222,7 @@ class BulkSink:
         on_retry: OnRetry | None = None,
         sleep: Callable[[float], None] = time.sleep,
         pipeline: str | None = None,
+        what: str = "bulk write",
     ) -> None:
         if max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be at least 1024")
@@ -234,6 +235,8 @@ class BulkSink:
         self._max_request_bytes = max_request_bytes
         self._on_retry = on_retry
         self._sleep = sleep
+        #: Names the writes in retry log events (e.g. which stream's).
+        self._what = what
         #: Backoff sleeps over the sink's lifetime (for a metrics counter).
         self.retries_total = 0
         #: ``time.monotonic()`` of the first failed attempt of the write in progress, or
@@ -283,7 +286,7 @@ class BulkSink:
                 initial_s=self._retry_initial_s,
                 max_s=self._retry_max_s,
                 on_retry=on_retry,
-                what="bulk write",
+                what=self._what,
                 sleep=self._sleep,
             ):
                 with attempt:
