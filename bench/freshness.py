@@ -41,6 +41,7 @@ POLL_S = 0.02
 #: request has a fixed cost), and a daemon that falls behind has seconds of latency anyway.
 TUNED: dict[str, Any] = {
     "linger_s": 0.05,
+    "max_in_flight": 1,
     "index": IndexSettings(shards=1, replicas=0, refresh_interval="100ms"),
 }
 #: librdkafka properties tuned for latency (passed through ``[kafka.client]``).
